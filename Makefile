@@ -1,0 +1,32 @@
+# The README's two commands are `make run` and `make test`; both create .venv/ and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= data/default
+# Images per modality for the default dataset that `make run` builds.
+DATA_COUNT ?= 500
+
+.PHONY: install run test data clean-data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,triton,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DATA)/stats.json: | $(STAMP)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count $(DATA_COUNT) --seed 1 --out $(DATA)
+
+data: $(DATA)/stats.json
+
+run: $(STAMP) $(DATA)/stats.json
+	@echo "MedCLM VQA dataset ready in $(DATA)/ ({train,val,test}.jsonl, images/, stats.json); see docs/data.md"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-data:
+	rm -rf $(DATA)

@@ -1,0 +1,1 @@
+"""MedCLM inference service: grounded medical VQA and organ segmentation over gRPC and HTTP."""

@@ -1,0 +1,34 @@
+import pytest
+
+from training.data.boxes import denormalize_box, format_box, normalize_box, parse_boxes, validate_box_px
+
+
+def test_normalise_format_parse_round_trip_on_a_non_square_image():
+    box = normalize_box((32.0, 40.0, 96.0, 300.0), width=256, height=320)
+    assert box == (125, 125, 375, 938)
+    text = f"It is located at {format_box(box)}."
+    assert text == "It is located at <box>[125, 125, 375, 938]</box>."
+    assert parse_boxes(text) == [box]
+    back = denormalize_box(box, 256, 320)
+    assert back == pytest.approx((32.0, 40.0, 96.0, 300.16), abs=0.5)
+
+
+def test_normalised_values_stay_below_1000_at_the_far_edge():
+    assert normalize_box((0, 0, 256, 320), 256, 320) == (0, 0, 999, 999)
+
+
+def test_parse_skips_malformed_inverted_and_out_of_range_boxes():
+    text = "<box>[1, 2, 3]</box> <box>[5, 5, 2, 9]</box> <box>[0, 0, 1000, 10]</box> <box>[1,2,3,4]</box>"
+    assert parse_boxes(text) == [(1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("box, message", [
+    ((10, 10, 5, 20), "inverted"),
+    ((10, 10, 10, 20), "zero area"),
+    ((-1, 0, 5, 5), "outside"),
+    ((0, 0, 101, 5), "outside"),
+    ((0, 0, float("nan"), 5), "non-finite"),
+])
+def test_bad_boxes_are_named(box, message):
+    with pytest.raises(ValueError, match=message):
+        validate_box_px(box, 100, 100)

@@ -1,0 +1,1 @@
+"""Dataset adapters: each turns one detection dataset format into ``DetectionCase`` records."""

@@ -1,0 +1,77 @@
+"""The box text contract: ``<box>[x1, y1, x2, y2]</box>`` with integers in [0, 1000).
+
+Coordinates are relative to the image the model saw; ``x2``/``y2`` are exclusive pixel edges before
+normalisation. Both the data engine (writing targets) and the service (parsing model output) use this
+module, so the format lives in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+BOX_SCALE = 1000
+BOX_PATTERN = re.compile(r"<box>\s*\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]\s*</box>")
+
+BoxPx = tuple[float, float, float, float]
+BoxNorm = tuple[int, int, int, int]
+
+
+def validate_box_px(box: Sequence[float], width: int, height: int) -> BoxPx:
+    """Return ``box`` as a float tuple if it is a non-empty box inside a ``width`` x ``height`` image.
+
+    Raises ValueError naming what is wrong (inverted, zero-area, outside the image, not finite).
+    """
+    if len(box) != 4:
+        raise ValueError(f"box must have 4 coordinates, got {len(box)}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(v == v and abs(v) != float("inf") for v in (x1, y1, x2, y2)):
+        raise ValueError(f"box {list(box)} has a non-finite coordinate")
+    if x2 < x1 or y2 < y1:
+        raise ValueError(f"box {list(box)} is inverted (x2 < x1 or y2 < y1)")
+    if x2 == x1 or y2 == y1:
+        raise ValueError(f"box {list(box)} has zero area")
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise ValueError(f"box {list(box)} lies outside the {width}x{height} image")
+    return (x1, y1, x2, y2)
+
+
+def normalize_box(box_px: Sequence[float], width: int, height: int) -> BoxNorm:
+    """Pixel box (x2/y2 exclusive) → integers in [0, 1000) relative to the image size."""
+
+    def scale(value: float, size: int) -> int:
+        return max(0, min(BOX_SCALE - 1, round(value * BOX_SCALE / size)))
+
+    x1, y1, x2, y2 = box_px
+    return (scale(x1, width), scale(y1, height), scale(x2, width), scale(y2, height))
+
+
+def denormalize_box(box: Sequence[int], width: int, height: int) -> BoxPx:
+    """Integers in [0, 1000) → pixel box in an image of ``width`` x ``height``."""
+    x1, y1, x2, y2 = box
+    return (x1 * width / BOX_SCALE, y1 * height / BOX_SCALE, x2 * width / BOX_SCALE, y2 * height / BOX_SCALE)
+
+
+def format_box(box: Sequence[int]) -> str:
+    """Normalised box → its text form."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return f"<box>[{x1}, {y1}, {x2}, {y2}]</box>"
+
+
+def parse_boxes(text: str) -> list[BoxNorm]:
+    """Every well-formed box in ``text``, in order; malformed or out-of-range ones are skipped."""
+    boxes = []
+    for match in BOX_PATTERN.finditer(text):
+        values = tuple(int(v) for v in match.groups())
+        if all(0 <= v < BOX_SCALE for v in values) and values[2] > values[0] and values[3] > values[1]:
+            boxes.append(values)
+    return boxes
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
