@@ -9,10 +9,8 @@ DATA_COUNT ?= 500
 
 .PHONY: install run test data clean-data
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,triton,test]'
+$(STAMP): pyproject.toml scripts/setup_env.sh scripts/torchvision_cpu_shim.py
+	PYTHON=$(PYTHON) bash scripts/setup_env.sh
 	touch $(STAMP)
 
 install: $(STAMP)

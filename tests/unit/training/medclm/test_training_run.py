@@ -1,0 +1,94 @@
+"""A real (micro) training run: warm-up + sequential curriculum, loss falls, checkpoints load, resume works."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from training.medclm.checkpoint import META_FILE, STATE_FILE
+from training.medclm.data import load_model_image
+from training.medclm.prompts import build_messages, render_prompt
+from training.medclm.trainer import train
+
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "preprocessor_config.json", "processor_config.json")
+
+
+def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_path):
+    config = micro(easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5)
+    result = train(config, tiny_data, tmp_path / "run", progress=False)
+    names = [p.name for p in result.checkpoints]
+    assert names == ["01-warmup", "02-easy", "03-medium", "04-hard"]
+
+    easy = [h["lm"] for h in result.history if h["phase"] == "easy"]
+    assert len(easy) >= 20
+    assert np.mean(easy[-5:]) < 0.7 * np.mean(easy[:5]), easy
+    warm = [h["loss"] for h in result.history if h["phase"] == "warmup"]
+    assert all(np.isfinite(warm)) and all(np.isfinite([h["loss"] for h in result.history]))
+    assert result.evaluations and result.evaluations[-1]["phase"] == "hard"
+    replayed = {h["stage"] for h in result.history if h["phase"] == "hard"}
+    assert "hard" in replayed and replayed - {"hard"} <= {"easy", "medium"} and len(replayed) > 1  # replay
+
+    last = result.checkpoints[-1]
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "history.jsonl").is_file()
+    for name in HF_FILES + (META_FILE, STATE_FILE):
+        assert (last / name).is_file(), name
+    meta = json.loads((last / META_FILE).read_text())
+    assert meta["stage"] == "hard" and meta["config"]["text_hidden"] == config.text_hidden
+    assert len(meta["data_fingerprint"]) == 64 and "evaluation" in meta["figures"]
+    with safe_open(str(last / "model.safetensors"), "pt") as handle:  # warm-up heads are never exported
+        names = list(handle.keys())
+        patch = handle.get_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight")
+    assert not any("organ" in k or "lesion" in k or "heads" in k for k in names)
+    vision = [k for k in names if "vision_tower" in k]
+    assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)  # vLLM's names
+    assert json.loads((last / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+    # The checkpoint works with plain transformers, no training code involved, and loads cleanly.
+    model, info = LlavaForConditionalGeneration.from_pretrained(last, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight, patch)
+    processor = AutoProcessor.from_pretrained(last)
+    record = json.loads((tiny_data / "val.jsonl").read_text().splitlines()[0])
+    prompt = render_prompt(processor.tokenizer, build_messages(record["question"], reasoning=False))
+    inputs = processor(text=[prompt], images=[load_model_image(tiny_data / record["image"], record["modality"])],
+                       return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+    # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
+    resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[1], progress=False)
+    assert [p.name for p in resumed.checkpoints] == ["03-medium", "04-hard"]
+    first_new = next(h for h in resumed.history if h["phase"] == "medium")
+    easy_end = max(h["step"] for h in result.history if h["phase"] == "easy")
+    assert first_new["step"] == easy_end + 1
+
+
+def test_adaptive_curriculum_and_znorm_run(tiny_data, micro, tmp_path):
+    config = micro(curriculum="adaptive", adaptive_epochs=3, adaptive_epoch_steps=3, adaptive_warm_epochs=0,
+                   adaptive_ramp_epochs=1, znorm=True, warmup_steps=0, dense_weight=0.0, eval_records=0)
+    result = train(config, tiny_data, tmp_path / "adaptive", progress=False)
+    adaptive = [h for h in result.history if h["phase"] == "adaptive"]
+    assert len(adaptive) == 9 and all(torch.isfinite(torch.tensor(h["loss"])) for h in adaptive)
+    assert {"p_medium", "p_hard", "gap"} <= set(adaptive[-1])
+    assert [p.name for p in result.checkpoints] == ["01-adaptive"]
+
+
+def test_lora_run_from_a_local_checkpoint_exports_plain_llava(tiny_data, micro, tmp_path):
+    """Fine-tune a saved checkpoint with LoRA through the trainer; the export is a merged plain LLaVA."""
+    base = train(micro(warmup_steps=0, easy_epochs=0.25, medium_epochs=0, hard_epochs=0, eval_records=0),
+                 tiny_data, tmp_path / "base", progress=False).checkpoints[-1]
+    config = micro(init_from=str(base), lora_rank=4, warmup_steps=0, dense_weight=0.0, easy_epochs=0,
+                   medium_epochs=0.25, hard_epochs=0, eval_records=0)
+    result = train(config, tiny_data, tmp_path / "lora", progress=False)
+    exported = result.checkpoints[-1]
+    model = LlavaForConditionalGeneration.from_pretrained(exported)
+    assert type(model) is LlavaForConditionalGeneration
+    with safe_open(str(exported / "model.safetensors"), "pt") as handle:
+        assert not any("lora" in k for k in handle.keys())
+    resumed = train(config, tiny_data, tmp_path / "lora2", resume=exported, progress=False)
+    assert resumed.checkpoints == []  # nothing left to do, but the LoRA state loaded without error

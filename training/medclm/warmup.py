@@ -1,0 +1,122 @@
+"""Vision warm-up: a training-only dense loss on the vision tower's patch features.
+
+Why: trained from scratch on answer-only text loss, the tower stays blind (measured: yes/no 0.70, organ
+0.51, Acc@0.5 0.00 after 10 min); per-patch supervision from the organ mask and the lesion boxes teaches
+it to see organs and lesions first (yes/no 0.98, organ 0.99, Acc@0.5 0.15 in 16 min).
+
+Per patch of the features LLaVA feeds its projector (layer ``vision_feature_layer``, CLS dropped):
+- organ: the majority global organ label (``training.data.anatomy``) of the patch, 0 = background;
+- lesion: does a lesion box cover the patch centre (or the box centre lie in the patch, so lesions smaller
+  than a patch still count);
+- box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss.
+
+The heads are small linear probes kept outside the LLaVA module, so the exported model stays plain LLaVA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from training.data.anatomy import ORGANS
+from training.data.records import VQARecord
+
+NUM_ORGAN_LABELS = max(o.label for o in ORGANS) + 1  # global labels 0..11
+IGNORE = -100
+
+
+class VisionWarmupHeads(nn.Module):
+    """Linear probes on patch features: organ logits, lesion logit, box (sigmoid, [0, 1])."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.organ = nn.Linear(hidden, NUM_ORGAN_LABELS)
+        self.lesion = nn.Linear(hidden, 1)
+        self.box = nn.Linear(hidden, 4)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4)."""
+        return {"organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
+                "box": torch.sigmoid(self.box(features).float())}
+
+
+def organ_patch_labels(mask: np.ndarray, grid: int) -> np.ndarray:
+    """(grid*grid,) majority organ label per patch of the stretch-resized mask."""
+    side = grid * 8  # 8x8 votes per patch: enough resolution, cheap
+    resized = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((side, side), Image.NEAREST))
+    onehot = np.eye(NUM_ORGAN_LABELS, dtype=np.int32)[np.clip(resized, 0, NUM_ORGAN_LABELS - 1)]
+    votes = onehot.reshape(grid, 8, grid, 8, NUM_ORGAN_LABELS).sum(axis=(1, 3))
+    return votes.argmax(-1).reshape(-1).astype(np.int64)
+
+
+def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(presence (P,), box targets (P, 4) in [0, 1]) from boxes in [0, 1000); the smallest box wins overlaps."""
+    presence = np.zeros(grid * grid, dtype=np.float32)
+    targets = np.zeros((grid * grid, 4), dtype=np.float32)
+    centres = (np.arange(grid) + 0.5) / grid * 1000.0
+    for box in sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):  # largest first, smallest last
+        x1, y1, x2, y2 = box
+        inside = (centres[None, :] >= x1) & (centres[None, :] < x2) & (centres[:, None] >= y1) & (centres[:, None] < y2)
+        cx, cy = (x1 + x2) / 2000.0, (y1 + y2) / 2000.0
+        inside[min(grid - 1, int(cy * grid)), min(grid - 1, int(cx * grid))] = True
+        flat = inside.reshape(-1)
+        presence[flat] = 1.0
+        targets[flat] = np.array(box, dtype=np.float32) / 1000.0
+    return presence, targets
+
+
+class DenseTargetCache:
+    """Per-image dense targets, computed once: organ labels (ignored without a mask), lesion, box."""
+
+    def __init__(self, root: Path, grid: int):
+        self.root = Path(root)
+        self.grid = grid
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, record: VQARecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(organ (P,) long, lesion (P,) float, box (P, 4) float) for the record's image."""
+        key = record.case_id
+        if key not in self._cache:
+            if record.organ_mask:
+                mask = np.asarray(Image.open(self.root / record.organ_mask))
+                organ = organ_patch_labels(mask, self.grid)
+            else:
+                organ = np.full(self.grid * self.grid, IGNORE, dtype=np.int64)
+            presence, boxes = lesion_patch_targets([f.box for f in record.case_findings], self.grid)
+            self._cache[key] = (torch.from_numpy(organ), torch.from_numpy(presence), torch.from_numpy(boxes))
+        return self._cache[key]
+
+    def batch(self, records: list[VQARecord]) -> dict[str, torch.Tensor]:
+        """Stacked targets for the first record of each sequence (all turns share the image)."""
+        organ, lesion, box = zip(*(self.get(r) for r in records))
+        return {"organ": torch.stack(organ), "lesion": torch.stack(lesion), "box": torch.stack(box)}
+
+
+def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
+               lesion_weight: float, box_weight: float, pos_weight: float) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only); returns (loss, parts)."""
+    organ_logits = outputs["organ"].float()
+    organ_ce = nn.functional.cross_entropy(organ_logits.reshape(-1, organ_logits.shape[-1]),
+                                           targets["organ"].reshape(-1), ignore_index=IGNORE)
+    if torch.isnan(organ_ce):  # every label ignored (no masks in this batch)
+        organ_ce = organ_logits.sum() * 0.0
+    lesion_bce = nn.functional.binary_cross_entropy_with_logits(
+        outputs["lesion"].float(), targets["lesion"], pos_weight=torch.tensor(pos_weight))
+    positive = targets["lesion"] > 0
+    if positive.any():
+        box_l1 = (outputs["box"][positive] - targets["box"][positive]).abs().mean()
+    else:
+        box_l1 = outputs["box"].sum() * 0.0
+    loss = organ_weight * organ_ce + lesion_weight * lesion_bce + box_weight * box_l1
+    with torch.no_grad():
+        valid = targets["organ"] != IGNORE
+        organ_acc = ((organ_logits.argmax(-1) == targets["organ"]) & valid).sum() / valid.sum().clamp_min(1)
+        predicted = outputs["lesion"] > 0
+        recall = (predicted & positive).sum() / positive.sum().clamp_min(1)
+    parts = {"organ_ce": organ_ce.item(), "lesion_bce": lesion_bce.item(), "box_l1": box_l1.item(),
+             "organ_acc": organ_acc.item(), "lesion_recall": recall.item()}
+    return loss, parts
