@@ -129,8 +129,8 @@ Serve with a real Triton: `python -m service.triton_local --model-repository mod
 ## I/O contract
 
 - input `image` float32 [B,1,H,W] (B ≤ 8, dynamic), preprocessed as in `preprocessing.json`
-- output `probabilities` float32 [B,K,H,W] (softmax over background + K-1 organs)
-- output `labels` uint8 [B,H,W] (argmax of `probabilities`; class i+1 = line i+2 of `labels.txt`)
+- output `probabilities` float32 [B,K,H/2,W/2] (softmax over background + K-1 organs, on the stem's half-resolution grid; callers crop the letterbox and resize to the original image, see `preprocessing.json`)
+- output `labels` uint8 [B,H/2,W/2] (argmax of `probabilities`; class i+1 = line i+2 of `labels.txt`)
 
 ## Models
 

@@ -13,7 +13,7 @@ from training.segmenter.dataset import SegmentationCase
 from training.segmenter.metrics import organ_scores, summarise
 from training.segmenter.preprocessing import PreprocessSpec, preprocess_image, restore_labels
 
-# A batch of network inputs [B,1,H,W] float32 → probabilities [B,K,H,W] float32.
+# A batch of network inputs [B,1,H,W] float32 → probabilities [B,K,H/s,W/s] float32 (s = stem stride).
 BatchPredictor = Callable[[np.ndarray], np.ndarray]
 
 
