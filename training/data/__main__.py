@@ -103,8 +103,8 @@ def run_build(args: argparse.Namespace) -> dict:
         try:  # fail before any work if the models are missing, not inside a worker
             probe = segmenter_factory()
             for modality in sorted({c.modality for c in cases}):
-                probe.session_for(modality)
-        except (FileNotFoundError, ValueError) as exc:
+                probe.load(modality)
+        except (OSError, ValueError) as exc:
             raise DataError(f"organ segmenter unavailable: {exc}") from None
 
     writer = None

@@ -160,6 +160,8 @@ class CaseResult:
     records: list[dict] = field(default_factory=list)
     context: CaseContext | None = None
     error: str | None = None
+    # With predicted masks on a dataset that also has true masks: (lesions linked alike, lesions compared).
+    link_agreement: tuple[int, int] = (0, 0)
 
 
 _WORKER: dict = {}
@@ -184,6 +186,11 @@ def process_case(case: DetectionCase) -> CaseResult:
         else:
             organ_mask = None
         context = link_case(case, image, organ_mask, options)
+        agreement = (0, 0)
+        if options.organ_source == "segmenter" and case.organ_mask_path is not None:
+            truth = link_case(case, image, case.load_organ_mask(), options)
+            agreement = (sum(p.organ == t.organ for p, t in zip(context.findings, truth.findings)),
+                         len(truth.findings))
         rng = np.random.default_rng([options.seed, int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:4],
                                                                   "big")])
         questions = generate_questions(context, rng)
@@ -195,7 +202,7 @@ def process_case(case: DetectionCase) -> CaseResult:
                                      "masks" if given else "masks_predicted", case.case_id, organ_mask)
         records = case_records(case, context, questions, image_rel, mask_rel, display_image(image, case.modality),
                                _WORKER["writer"], options, rng)
-        return CaseResult(case.case_id, records, context)
+        return CaseResult(case.case_id, records, context, link_agreement=agreement)
     except (DataError, ValueError) as exc:
         message = str(exc) if isinstance(exc, DataError) else f"{case.image_path}: {exc}"
         return CaseResult(case.case_id, error=message)
@@ -269,6 +276,10 @@ def build_dataset(cases: Sequence[DetectionCase], options: BuildOptions,
             for row in sorted(rows, key=lambda r: r["id"]):
                 handle.write(json.dumps(row) + "\n")
     stats = dataset_stats(by_split, contexts, policy, options)
+    same, compared = (sum(r.link_agreement[i] for r in results) for i in (0, 1))
+    if compared:
+        # How often linking on predicted masks names the same host organ as linking on the true masks.
+        stats["segmenter_link_agreement"] = {"agree": same, "lesions": compared, "rate": round(same / compared, 4)}
     (options.out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 

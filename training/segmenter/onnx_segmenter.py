@@ -29,7 +29,8 @@ class OnnxOrganSegmenter:
         self._loaded: dict[str, tuple[object, PreprocessSpec, np.ndarray]] = {}
         model_name("ct", variant)  # validates the variant name early
 
-    def _model(self, modality: str):
+    def load(self, modality: str):
+        """Load (once) and return the session, preprocessing and label map of one modality's model."""
         if modality not in MODALITIES:
             raise SegmenterError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
         if modality not in self._loaded:
@@ -48,7 +49,7 @@ class OnnxOrganSegmenter:
 
     def segment(self, image: np.ndarray, modality: str, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
         """uint8 mask of global organ labels with the same height and width as ``image`` (raw units)."""
-        session, spec, to_global = self._model(modality)
+        session, spec, to_global = self.load(modality)
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] in (1, 3, 4):  # tolerate RGB(A) radiographs: use luminance
             image = image[..., :3].mean(axis=-1).astype(image.dtype) if image.shape[-1] > 1 else image[..., 0]
