@@ -144,11 +144,42 @@ an organ is absent from both truth and prediction; HD95 in mm from the pixel spa
 
 {render_table(rows)}
 ![benchmark](segmenter_bench.png)
+
+## Targets
+
+{render_targets(rows)}
+
+int8 keeps the accuracy only with 7-bit weights (`reduce_range`): without VNNI, ONNX Runtime's u8s8 kernels
+sum pairs of products in saturating int16, and full-range weights dropped the mean Dice to 0.77 (CT) and 0.41
+(CXR). The int8 trunk convolutions themselves run about twice as fast as fp32 in ORT's per-op profile, but at
+these channel widths the QuantizeLinear/DequantizeLinear pairs and memory traffic eat most of the gain.
 """
     out = docs_dir / "segmenter.md"
     out.write_text(text)
     (docs_dir / "segmenter_bench.json").write_text(json.dumps(rows, indent=2) + "\n")
     return out
+
+
+def render_targets(rows: list[dict]) -> str:
+    """The issue's targets against this run's figures (fp32 Dice, int8 Dice gap, int8 throughput ratio)."""
+    by = {(r["modality"], r["variant"]): r for r in rows}
+    floors = {"ct": 0.92, "cxr": 0.90}
+    lines = ["| target | CT | CXR |", "|---|---|---|"]
+
+    def cells(check) -> str:
+        return " | ".join(check(m) if (m, "fp32") in by else "n/a" for m in MODALITIES)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines.append("| fp32 mean Dice ≥ 0.92 (CT) / 0.90 (CXR) | " + cells(
+        lambda m: f"{by[(m, 'fp32')]['mean_dice']:.4f}, {verdict(by[(m, 'fp32')]['mean_dice'] >= floors[m])}") + " |")
+    lines.append("| int8 mean Dice within 0.01 of fp32 | " + cells(
+        lambda m: f"{by[(m, 'int8')]['mean_dice'] - by[(m, 'fp32')]['mean_dice']:+.4f}, "
+                  f"{verdict(abs(by[(m, 'int8')]['mean_dice'] - by[(m, 'fp32')]['mean_dice']) <= 0.01)}") + " |")
+    lines.append("| int8 images/s at batch 8 ≥ 1.8× fp32 | " + cells(
+        lambda m: f"{by[(m, 'int8')]['speedup']:.2f}×, {verdict(by[(m, 'int8')]['speedup'] >= 1.8)}") + " |")
+    return "\n".join(lines)
 
 
 def _ort_version() -> str:
