@@ -151,8 +151,9 @@ an organ is absent from both truth and prediction; HD95 in mm from the pixel spa
 
 int8 keeps the accuracy only with 7-bit weights (`reduce_range`): without VNNI, ONNX Runtime's u8s8 kernels
 sum pairs of products in saturating int16, and full-range weights dropped the mean Dice to 0.77 (CT) and 0.41
-(CXR). The int8 trunk convolutions themselves run about twice as fast as fp32 in ORT's per-op profile, but at
-these channel widths the QuantizeLinear/DequantizeLinear pairs and memory traffic eat most of the gain.
+(CXR). An earlier per-op profile (older graph) showed the int8 convolutions about twice as fast as fp32; where
+the rest of the gain goes at these channel widths (QuantizeLinear/DequantizeLinear pairs, memory traffic,
+the float softmax tail) has not been measured yet.
 """
     out = docs_dir / "segmenter.md"
     out.write_text(text)
