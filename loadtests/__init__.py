@@ -1,0 +1,1 @@
+"""Load-test harness and benchmarks (gRPC + HTTP load against the service and the bare engines)."""
