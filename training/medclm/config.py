@@ -7,12 +7,12 @@ nanoGPT style: everything that decides a run lives in :class:`MedCLMConfig`; a c
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training.medclm.errors import MedCLMError
+from training.overrides import apply_overrides as shared_apply_overrides
 
 CURRICULA = ("sequential", "adaptive", "mixed", "hard-only")
 
@@ -211,45 +211,5 @@ def load_config(preset: str = "tiny", yaml_path: Path | None = None, overrides: 
 
 
 def apply_overrides(config: MedCLMConfig, overrides: list[str]) -> MedCLMConfig:
-    """Return a copy of ``config`` with ``--key=value`` strings applied (values parsed as JSON when possible)."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        text = item[2:] if item.startswith("--") else item
-        if "=" not in text:
-            raise MedCLMError(f"override {item!r} is not of the form --key=value")
-        key, raw = text.split("=", 1)
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise MedCLMError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
-        changes[key] = _parse_value(raw, getattr(config, key), key)
-    return dataclasses.replace(config, **changes)
-
-
-def _parse_value(raw: str, current: Any, key: str) -> Any:
-    if isinstance(current, str):
-        return raw
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        if isinstance(current, bool) and raw.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return raw.lower() in ("true", "yes", "on")
-        if isinstance(current, tuple):  # betas=0.9,0.98
-            try:
-                return tuple(json.loads(p) for p in raw.split(","))
-            except json.JSONDecodeError:
-                pass
-        raise MedCLMError(f"cannot parse value {raw!r} for {key}") from None
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise MedCLMError(f"{key} expects true or false, got {raw!r}")
-        return value
-    if isinstance(current, int) and not isinstance(value, int):
-        raise MedCLMError(f"{key} expects an integer, got {raw!r}")
-    if isinstance(current, float):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise MedCLMError(f"{key} expects a number, got {raw!r}")
-        return float(value)
-    if isinstance(current, tuple):
-        return tuple(value if isinstance(value, list) else [value])
-    return value
+    """Return a copy of ``config`` with ``--key=value`` strings applied; unknown keys raise MedCLMError."""
+    return shared_apply_overrides(config, overrides, MedCLMError)

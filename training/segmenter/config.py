@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from training.data.anatomy import MODALITIES
+from training.overrides import apply_overrides as shared_apply_overrides
 from training.segmenter.errors import SegmenterError
 
 
@@ -54,40 +54,5 @@ class SegmenterConfig:
 
 
 def apply_overrides(config: SegmenterConfig, overrides: list[str]) -> SegmenterConfig:
-    """Return a copy of ``config`` with ``key=value`` strings applied (values parsed as JSON when possible).
-
-    Unknown keys raise ``SegmenterError`` so a typo never trains with a silently ignored setting.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        text = item[2:] if item.startswith("--") else item
-        if "=" not in text:
-            raise SegmenterError(f"override {item!r} is not of the form --key=value")
-        key, raw = text.split("=", 1)
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise SegmenterError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
-        changes[key] = _parse_value(raw, getattr(config, key), key)
-    return dataclasses.replace(config, **changes)
-
-
-def _parse_value(raw: str, current: Any, key: str) -> Any:
-    if isinstance(current, str):
-        return raw
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        if isinstance(current, tuple):  # allow widths=16,32,64
-            value = [json.loads(p) for p in raw.split(",")]
-        else:
-            raise SegmenterError(f"cannot parse value {raw!r} for {key}") from None
-    if isinstance(current, tuple):
-        return tuple(value if isinstance(value, list) else [value])
-    if isinstance(current, bool):
-        return bool(value)
-    if isinstance(current, int) and not isinstance(value, int):
-        raise SegmenterError(f"{key} expects an integer, got {raw!r}")
-    if isinstance(current, float):
-        return float(value)
-    return value
+    """Return a copy of ``config`` with ``--key=value`` strings applied; unknown keys raise SegmenterError."""
+    return shared_apply_overrides(config, overrides, SegmenterError)
