@@ -1,10 +1,14 @@
-"""``python -m training.medclm train``: train MedCLM (a LLaVA model) on a VQA dataset built by training.data.
+"""``python -m training.medclm``: train, evaluate, quantize, export and benchmark MedCLM (a LLaVA model).
 
 Examples:
     python -m training.medclm train --data data/default --out runs/tiny
     python -m training.medclm train --config my.yaml --data data/default --out runs/x --lr=5e-4 --znorm=true
     python -m training.medclm train --data data/default --out runs/tiny --resume runs/tiny/02-easy
     accelerate launch -m training.medclm train --preset base-gpu --data data/default --out runs/base
+    python -m training.medclm evaluate --checkpoint runs/tiny/04-hard --data data/default --limit 50
+    python -m training.medclm quantize --checkpoint runs/tiny/04-hard --out runs/tiny/04-hard-w8a8
+    python -m training.medclm export --checkpoint runs/tiny/04-hard --model-repository model_repository --all-precisions
+    python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
 """
 
 from __future__ import annotations
@@ -29,6 +33,48 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file of config keys (applied over the preset)")
     train.add_argument("--resume", type=Path, help="checkpoint folder to continue from (its config is used)")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+    from training.medclm.engines import DTYPES, ENGINES
+
+    evaluate = sub.add_parser("evaluate", help="greedy evaluation through vLLM (default) or transformers")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="MedCLM checkpoint folder")
+    evaluate.add_argument("--data", type=Path, required=True, help="dataset folder with {split}.jsonl")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--limit", type=int, help="Medium records to evaluate (plus their Hard twins); default all")
+    evaluate.add_argument("--engine", default="vllm", choices=ENGINES)
+    evaluate.add_argument("--dtype", default="float32", choices=DTYPES)
+    evaluate.add_argument("--quantization", help="vLLM quantization method (compressed-tensors is auto-detected)")
+    evaluate.add_argument("--threads", type=int, default=1, help="CPU threads (vLLM binds cores 0..threads-1)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="default: the checkpoint's training config")
+    evaluate.add_argument("--out", type=Path, help="write OUT.json and OUT.md (default: print JSON only)")
+
+    quantize = sub.add_parser("quantize", help="write a compressed-tensors W8A8 int8 copy of a checkpoint")
+    quantize.add_argument("--checkpoint", type=Path, required=True)
+    quantize.add_argument("--out", type=Path, required=True)
+    quantize.add_argument("--scheme", default="w8a8", choices=("w8a8",))
+    quantize.add_argument("--weight-max", type=int, default=None,
+                          help="largest |int8 weight| (default 63: exact on AVX2 CPUs without VNNI, see quantize.py)")
+
+    export = sub.add_parser("export", help="write the checkpoint into a Triton vLLM-backend model repository")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--model-repository", type=Path, required=True)
+    export.add_argument("--name", default="medclm", help="base model name; variants get _bf16 / _int8 appended")
+    export.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
+    export.add_argument("--all-precisions", action="store_true", help="export fp32, bf16 and int8 models")
+    export.add_argument("--evaluation", type=Path, help="evaluation JSON to record in medclm.json")
+    export.add_argument("--root", type=Path, default=Path("."),
+                        help="folder the server starts in: model.json's path is written relative to it "
+                             "(Triton's vLLM backend passes it to vLLM unchanged); default the current folder")
+
+    bench = sub.add_parser("bench", help="compare fp32 / bf16 / int8 models of a repository: accuracy and tokens/s")
+    bench.add_argument("--model-repository", type=Path, required=True)
+    bench.add_argument("--data", type=Path, required=True)
+    bench.add_argument("--name", default="medclm")
+    bench.add_argument("--split", default="test", choices=("train", "val", "test"))
+    bench.add_argument("--limit", type=int, default=16)
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--out", type=Path, default=Path("docs/medclm_precision"),
+                       help="write OUT.json, OUT.md and OUT.png")
     return parser
 
 
@@ -42,11 +88,46 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> MedCLMConfig
     return load_config(args.preset, args.config, overrides)
 
 
+def run_command(args: argparse.Namespace) -> dict:
+    """Run a non-training command; returns what it prints as JSON."""
+    if args.command == "evaluate":
+        from training.medclm.eval_report import evaluate_checkpoint, write_report
+
+        report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.limit, args.engine, args.dtype,
+                                     args.quantization, args.threads, args.max_new_tokens)
+        if args.out is not None:
+            json_path, md_path = write_report(report, args.out)
+            report = {**report, "written": [str(json_path), str(md_path)]}
+        return {k: v for k, v in report.items() if k != "examples"}
+    if args.command == "quantize":
+        from training.medclm.quantize import DEFAULT_WEIGHT_MAX, quantize_w8a8
+
+        out = quantize_w8a8(args.checkpoint, args.out, args.weight_max or DEFAULT_WEIGHT_MAX)
+        return {"out": str(out), "scheme": args.scheme}
+    if args.command == "export":
+        from training.medclm.export import export_model
+
+        precisions = ("fp32", "bf16", "int8") if args.all_precisions else (args.precision,)
+        folders = [export_model(args.checkpoint, args.model_repository, args.name, p, args.evaluation, args.root)
+                   for p in precisions]
+        return {"models": [str(f) for f in folders]}
+    if args.command == "bench":
+        from training.medclm.bench import run_bench
+
+        return run_bench(args.model_repository, args.data, args.name, args.split, args.limit, args.threads, args.out)
+    raise MedCLMError(f"unknown command {args.command!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a refused input prints one line and exits with status 2."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        if args.command != "train":
+            if extra:
+                raise MedCLMError(f"unrecognised arguments {extra}")
+            print(json.dumps(run_command(args)))
+            return 0
         bad = [e for e in extra if not e.startswith("--") or "=" not in e]
         if bad:
             raise MedCLMError(f"unrecognised arguments {bad}; config overrides are written --key=value")

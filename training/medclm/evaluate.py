@@ -4,6 +4,10 @@ Generation goes through ``LlavaProcessor`` + ``generate`` exactly as a user of t
 it, so it also checks that the checkpoint works without any of the training code. Scoring follows
 REFERENCE.md: normalised exact match of the answer line; a closed answer containing both "yes" and "no"
 is wrong; grounding scores Acc@0.5 (IoU ≥ 0.5 against the true box).
+
+This module is the one place where a generated text is scored: :func:`score_answer` (correctness, used by
+the trainer's quick evaluation) and :func:`score_record` (correctness plus grounding error, rationale
+consistency and format validity, used by ``python -m training.medclm evaluate`` through any engine).
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+import numpy as np
 import torch
 
-from training.data.boxes import box_iou, parse_boxes
+from training.data.anatomy import organs_for
+from training.data.boxes import BOX_SCALE, box_iou, parse_boxes
+from training.data.context import size_category
 from training.data.records import VQARecord
 from training.medclm.data import ANSWER_MARK, ImageCache, record_image_path
 from training.medclm.prompts import build_messages, render_prompt
@@ -56,6 +63,78 @@ def score_answer(record: VQARecord, generated: str) -> dict:
         if {"yes", "no"} <= words:  # hedging both ways is wrong (LLaVA-Med's scorer counts it right)
             return {"correct": False, "iou": None}
     return {"correct": pred == normalise(record.answer), "iou": None}
+
+
+CLOSED_TYPES = ("presence",)  # yes/no questions; every other non-grounding type is open
+# A reasoning output: "Reasoning:", steps numbered 1, 2, ... one per line, then one "Answer: ..." line.
+_REASONING_SHAPE = re.compile(r"Reasoning:\n((?:\d+\. [^\n]+\n)+)Answer: [^\n]+")
+_BRIEF_SHAPE = re.compile(r"Answer: [^\n]+")
+
+
+def question_kind(record: VQARecord) -> str:
+    """``closed`` (yes/no), ``open`` (one word or phrase) or ``grounding`` (a box)."""
+    if record.question_type == "grounding":
+        return "grounding"
+    return "closed" if record.question_type in CLOSED_TYPES else "open"
+
+
+def format_valid(text: str, reasoning: bool, grounding: bool) -> bool:
+    """Whether ``text`` has the contract's shape: numbered steps then ``Answer:`` (or the answer line alone
+    for brief prompts), steps numbered 1..n in order, and a parsable box in the answer of a grounding question."""
+    text = text.strip()
+    match = (_REASONING_SHAPE if reasoning else _BRIEF_SHAPE).fullmatch(text)
+    if match is None:
+        return False
+    if reasoning:
+        numbers = [int(line.split(".", 1)[0]) for line in match.group(1).splitlines()]
+        if numbers != list(range(1, len(numbers) + 1)):
+            return False
+    return bool(parse_boxes(extract_answer(text))) if grounding else True
+
+
+def organs_named(text: str, modality: str) -> set[str]:
+    """Organ names of ``modality`` that occur in ``text`` as whole words (longest names matched first)."""
+    names = sorted((o.name for o in organs_for(modality)), key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
+    return set(pattern.findall(text.lower()))
+
+
+def rationale_consistent(record: VQARecord, generated: str) -> bool | None:
+    """Do the organs named in the reasoning equal the findings' true host organs?
+
+    None (not scored) for records without findings or with a lesion outside every organ: there is no
+    host organ for the rationale to name.
+    """
+    truth = {f.organ for f in record.findings}
+    if not truth or None in truth:
+        return None
+    at = generated.rfind(ANSWER_MARK)
+    reasoning = generated[:at] if at >= 0 else generated
+    return organs_named(reasoning, record.modality) == truth
+
+
+def score_record(record: VQARecord, generated: str, reasoning: bool) -> dict:
+    """Everything the evaluation reports about one generated text.
+
+    Keys: ``kind``, ``correct``, ``iou`` (grounding), ``centre_error`` (box-centre distance as a fraction of
+    the image side, None without a parsable box), ``centre_error_mm``, ``lesion_size`` (small/medium/large,
+    grounding), ``format_valid`` and ``rationale_consistent`` (reasoning prompts only, else None).
+    """
+    result = {"kind": question_kind(record), **score_answer(record, generated), "centre_error": None,
+              "centre_error_mm": None, "lesion_size": None,
+              "format_valid": format_valid(generated, reasoning, record.question_type == "grounding"),
+              "rationale_consistent": rationale_consistent(record, generated) if reasoning else None}
+    if result["kind"] == "grounding":
+        truth = record.findings[0]
+        result["lesion_size"] = size_category(truth.size_mm)
+        boxes = parse_boxes(extract_answer(generated))
+        if boxes:
+            (px, py), (tx, ty) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (boxes[0], truth.box))
+            dx, dy = (px - tx) / BOX_SCALE, (py - ty) / BOX_SCALE
+            result["centre_error"] = float(np.hypot(dx, dy))
+            row_mm, col_mm = record.pixel_spacing_mm
+            result["centre_error_mm"] = float(np.hypot(dx * record.width * col_mm, dy * record.height * row_mm))
+    return result
 
 
 @torch.no_grad()
