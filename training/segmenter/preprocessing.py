@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from service.imaging.windowing import ABDOMEN_WINDOW
 from training.segmenter.errors import SegmenterError
 
-# Abdominal soft-tissue window: separates liver, spleen, kidneys and the contrast-filled aorta.
-CT_WINDOW_CENTER_HU = 40.0
-CT_WINDOW_WIDTH_HU = 400.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class PreprocessSpec:
 def default_spec(modality: str, input_size: int = 256) -> PreprocessSpec:
     """The preprocessing each modality's default model is trained with."""
     if modality == "ct":
-        intensity = {"type": "window", "center_hu": CT_WINDOW_CENTER_HU, "width_hu": CT_WINDOW_WIDTH_HU,
+        intensity = {"type": "window", "center_hu": ABDOMEN_WINDOW.center, "width_hu": ABDOMEN_WINDOW.width,
                      "formula": "clip((HU - (center - width/2)) / width, 0, 1)"}
         units = "hounsfield (int16)"
     elif modality == "cxr":
