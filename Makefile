@@ -7,7 +7,11 @@ DATA ?= data/default
 # Images per modality for the default dataset that `make run` builds.
 DATA_COUNT ?= 500
 
-.PHONY: install run test data clean-data
+# The default MedCLM model: phantom data, the tiny preset's curriculum, evaluation through vLLM, export.
+MEDCLM_DATA ?= data/medclm
+MEDCLM_RUN ?= runs/medclm-default
+
+.PHONY: install run test data clean-data medclm-default
 
 $(STAMP): pyproject.toml scripts/setup_env.sh scripts/torchvision_cpu_shim.py
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
@@ -25,6 +29,14 @@ run: $(STAMP) $(DATA)/stats.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+medclm-default: $(STAMP)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count 300 --seed 1 --out $(MEDCLM_DATA)
+	$(PY) -m training.medclm train --data $(MEDCLM_DATA) --out $(MEDCLM_RUN)
+	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/04-hard --data $(MEDCLM_DATA) --split test \
+		--out $(MEDCLM_RUN)/evaluation
+	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/04-hard --model-repository model_repository \
+		--all-precisions --evaluation $(MEDCLM_RUN)/evaluation.json
 
 clean-data:
 	rm -rf $(DATA)
