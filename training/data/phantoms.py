@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from service.imaging.windowing import PNG_HU_OFFSET
 from training.data.anatomy import FINDING_TYPES, ORGAN_BY_NAME, findings_for, organ_names_json, organs_for
 
 PHANTOM_SIZES: dict[str, tuple[int, int | None]] = {"ct": (256, 256), "cxr": (320, None)}
@@ -35,7 +36,7 @@ CT_SPACING_RANGE_MM = (1.2, 1.7)
 CXR_SPACING_RANGE_MM = (1.2, 1.5)
 NO_LESION_SHARE = 0.25  # true negatives for closed questions
 HU_MIN, HU_MAX = -1024, 3071
-CT_PNG_OFFSET = 1024  # CT PNGs store HU + 1024 as uint16
+CT_PNG_OFFSET = PNG_HU_OFFSET  # CT PNGs store HU + 1024 as uint16 (the one offset every reader uses)
 
 _MODALITY_CODE = {"ct": 1, "cxr": 2}
 _VIEW = {"ct": "axial", "cxr": "PA"}

@@ -12,9 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from training.data.cases import read_png  # noqa: E402
-from training.data.drawing import display_image  # noqa: E402
-from service.imaging.windowing import PNG_HU_OFFSET  # noqa: E402
+from training.data.drawing import load_model_image  # noqa: E402
 
 STAGES = ("easy", "medium", "hard")
 
@@ -22,14 +20,7 @@ STAGES = ("easy", "medium", "hard")
 def _model_view(data_dir: Path, record: dict) -> np.ndarray:
     """The picture the model gets for a record (Easy: the copy with boxes drawn)."""
     path = data_dir / (record["image_easy"] if record["stage"] == "easy" else record["image"])
-    if record["stage"] == "easy" and record["image_easy"] != record["image"]:
-        from PIL import Image
-
-        return np.asarray(Image.open(path).convert("RGB"))
-    pixels = read_png(path)
-    if record["modality"] == "ct":
-        pixels = pixels.astype(np.float32) - PNG_HU_OFFSET
-    return display_image(pixels, record["modality"])
+    return np.asarray(load_model_image(path, record["modality"]))
 
 
 def pick_examples(records: list[dict], modality: str, count: int = 2) -> list[list[dict]]:

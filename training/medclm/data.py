@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import ValidationError
 
-from service.imaging.windowing import PNG_HU_OFFSET
-from training.data.drawing import display_image
+from training.data.drawing import load_model_image  # noqa: F401  (re-exported: trainer, evaluator, engines)
 from training.data.records import VQARecord
 from training.medclm.errors import MedCLMError
 from training.medclm.prompts import build_messages, render_prompt
@@ -97,21 +95,6 @@ def load_dataset(data_dir: Path, need_masks: bool = True) -> Dataset:
     val = load_records(data_dir / "val.jsonl")
     check_images(data_dir, train + val, need_masks)
     return Dataset(data_dir, train, val, data_fingerprint(data_dir))
-
-
-def load_model_image(path: Path, modality: str) -> Image.Image:
-    """The image as the model sees it (RGB): CT through the abdomen window, radiographs as stored.
-
-    Files written by the data engine: CT as 16-bit PNG of HU + 1024, CXR as 8-bit grayscale, Easy copies
-    as RGB with the boxes already drawn on the display image (used as they are).
-    """
-    image = Image.open(path)
-    if image.mode == "RGB":
-        return image
-    pixels = np.asarray(image)
-    if modality == "ct":
-        pixels = pixels.astype(np.int32) - PNG_HU_OFFSET
-    return Image.fromarray(display_image(pixels, modality)).convert("RGB")
 
 
 def record_image_path(record: VQARecord) -> str:

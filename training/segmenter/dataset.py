@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from service.imaging.windowing import PNG_HU_OFFSET
 from training.data.anatomy import organs_for
 from training.segmenter.errors import SegmenterError
 
@@ -83,7 +84,7 @@ def load_dataset_dir(data_dir: Path, modality: str, progress: bool = True) -> li
             raise SegmenterError(f"mask {mask_path} is missing for {image_path}")
         image = np.asarray(Image.open(image_path))
         if modality == "ct":  # 16-bit PNG stores HU + 1024
-            image = (image.astype(np.int32) - 1024).astype(np.int16)
+            image = (image.astype(np.int32) - PNG_HU_OFFSET).astype(np.int16)
         else:
             image = image.astype(np.uint8)
         masks = np.asarray(Image.open(mask_path)).astype(np.uint8)
