@@ -54,6 +54,11 @@ class MedCLMConfig:
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 400  # vision-only dense warm-up before Easy (~6 min): LM loss alone left the tower blind
+    calibrate_projector: bool = True  # standardise the projector on the warmed-up features before the LM
+    # stages (training.medclm.projector): without it the image tokens were ~constant and the LM ignored them
+    align_steps: int = 500  # answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
+    # "feature alignment" stage: every target token depends on the image, so the language model learns to read
+    # the patches before the long templated rationales dilute that signal (runs without it ignored the image)
     easy_epochs: float = 1.25  # sequential: passes over Easy; ~10 min on a --count 300 dataset (7.4k train)
     medium_epochs: float = 1.25  # sequential: passes over Medium; ~8 min on the same data
     hard_epochs: float = 1.0  # sequential: Hard sequences are short (~1 s/step), a full pass costs ~2 min

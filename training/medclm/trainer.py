@@ -29,6 +29,7 @@ from training.medclm.evaluate import evaluate, select_eval_records
 from training.medclm.model import (base_llava, build_image_processor, build_model, build_processor,
                                    count_parameters, load_pretrained)
 from training.medclm.objective import MedCLMObjective
+from training.medclm.projector import calibrate_projector
 from training.medclm.prompts import INSTRUCTIONS
 from training.medclm.report import write_run_report
 from training.medclm.schedule import STAGE_ORDER, AdaptiveScheduler, record_domain, sequential_phases
@@ -41,7 +42,7 @@ from training.medclm.znorm import znorm_gradients
 class Phase:
     """One stretch of training with its own batches; a checkpoint is written at its end."""
 
-    name: str  # warmup | easy | medium | hard | mixed | adaptive
+    name: str  # warmup | align | easy | medium | hard | mixed | adaptive
     steps: int
 
 
@@ -61,12 +62,18 @@ class TrainResult:
 def _stage_records(dataset: Dataset, stage: str) -> list:
     if stage == "mixed":
         return dataset.train
+    if stage == "align":  # the alignment stage trains on the answer-only targets
+        stage = "hard"
     return [r for r in dataset.train if r.stage == stage]
 
 
 def plan_phases(config: MedCLMConfig, dataset: Dataset, world: int) -> list[Phase]:
     """Warm-up (if any) then the curriculum's phases, each with its number of optimiser steps."""
     phases = [Phase("warmup", config.warmup_steps)] if config.warmup_steps > 0 else []
+    if config.align_steps > 0:
+        if not _stage_records(dataset, "hard"):
+            raise MedCLMError("the alignment stage (align_steps > 0) needs hard records in the training split")
+        phases.append(Phase("align", config.align_steps))
     global_batch = config.batch_size * world
     if config.curriculum == "adaptive":
         missing = [s for s in ("easy", "medium", "hard") if not _stage_records(dataset, s)]
@@ -163,6 +170,24 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _calibrate(objective: MedCLMObjective, dataset: Dataset, images: ImageCache, config: MedCLMConfig,
+               accelerator) -> None:
+    """Standardise the projector on the warmed-up tower's features (see ``training.medclm.projector``);
+    every process computes the same thing from the same images, so replicas stay identical."""
+    by_image = {}
+    for record in dataset.train:
+        by_image.setdefault(record_image_path(record), record)
+    sample = [by_image[k] for k in sorted(by_image)[:64]]
+    with torch.no_grad():
+        pixels = torch.stack([images.get(record_image_path(r), r.modality) for r in sample]).to(accelerator.device)
+        features = objective.patch_features(pixels)
+    llava = base_llava(objective.model)
+    token_norm = float(llava.get_input_embeddings().weight.norm(dim=-1).mean())
+    figures = calibrate_projector(llava.model.multi_modal_projector, features.cpu(), token_norm,
+                                  torch.Generator().manual_seed(config.seed))
+    accelerator.print(f"projector calibrated on {len(sample)} images: {figures}")
+
+
 def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
     """Everything checked and built before training: data, tokenizer, model, heads, resume state."""
     need_dense = config.warmup_steps > 0 or config.dense_weight > 0
@@ -254,6 +279,9 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
     for index in range(first_phase, len(phases)):
         phase = phases[index]
         rng = np.random.default_rng([config.seed, index])
+        if (config.calibrate_projector and not config.init_from and phase.name != "warmup" and index > 0
+                and phases[index - 1].name == "warmup"):
+            _calibrate(accelerator.unwrap_model(objective), dataset, images, config, accelerator)
         if phase.name == "warmup":
             batches = _warmup_batches(dataset, rng, config.batch_size * config.questions_per_image * world)
         elif phase.name == "adaptive":

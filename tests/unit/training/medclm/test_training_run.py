@@ -19,10 +19,12 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
 
 
 def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_path):
-    config = micro(easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5)
+    config = micro(align_steps=4, easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5)
     result = train(config, tiny_data, tmp_path / "run", progress=False)
     names = [p.name for p in result.checkpoints]
-    assert names == ["01-warmup", "02-easy", "03-medium", "04-hard"]
+    assert names == ["01-warmup", "02-align", "03-easy", "04-medium", "05-hard"]
+    align = [h for h in result.history if h["phase"] == "align"]
+    assert len(align) == 4 and all(np.isfinite(h["lm"]) for h in align)
 
     easy = [h["lm"] for h in result.history if h["phase"] == "easy"]
     assert len(easy) >= 20
@@ -61,8 +63,8 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
     # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
-    resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[1], progress=False)
-    assert [p.name for p in resumed.checkpoints] == ["03-medium", "04-hard"]
+    resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[2], progress=False)
+    assert [p.name for p in resumed.checkpoints] == ["04-medium", "05-hard"]
     first_new = next(h for h in resumed.history if h["phase"] == "medium")
     easy_end = max(h["step"] for h in result.history if h["phase"] == "easy")
     assert first_new["step"] == easy_end + 1
