@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.imaging.windowing import PNG_HU_OFFSET
+from service.imaging.windowing import PNG_HU_OFFSET, scale_to_uint8
 from training.data.anatomy import MODALITIES
 from training.data.boxes import BoxPx, validate_box_px
 from training.data.errors import DataError
 
 # Pillow refuses images above this many pixels before decoding them (decompression bombs).
-Image.MAX_IMAGE_PIXELS = 8192 * 8192
+DATASET_MAX_PIXELS = 8192 * 8192
+Image.MAX_IMAGE_PIXELS = DATASET_MAX_PIXELS
 
 
 @dataclass
@@ -65,7 +66,7 @@ class DetectionCase:
             if self.modality == "ct":
                 pixels = pixels.astype(np.float32) - self.hu_offset
             elif pixels.dtype != np.uint8:
-                pixels = _to_uint8(pixels)
+                pixels = scale_to_uint8(pixels)
         if pixels.shape != (self.height, self.width):
             raise DataError(
                 f"image is {pixels.shape[1]}x{pixels.shape[0]}, annotations say {self.width}x{self.height}",
@@ -104,33 +105,19 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def read_dicom_pixels(path: Path, modality: str) -> np.ndarray:
-    """Decode one DICOM frame: CT through the modality LUT to HU, radiographs scaled to uint8."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
+    """Decode frame 0 of a DICOM file as the service does (``service.imaging``): CT as HU after the
+    modality LUT, radiographs as the uint8 display image (VOI LUT or window, MONOCHROME1 inverted)."""
+    from service.core.types import ImageInput
+    from service.errors import ServiceError
+    from service.imaging.decode import decode_image
 
     try:
-        ds = pydicom.dcmread(path)
-        raw = ds.pixel_array
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError("DICOM file not found", file=str(path)) from None
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise DataError(f"unreadable DICOM ({exc})", file=str(path)) from None
-    if raw.ndim != 2:
-        raw = raw[0] if raw.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1 else raw
-    if raw.ndim != 2:
-        raise DataError(f"expected a single-frame grayscale DICOM, got shape {raw.shape}", file=str(path))
-    values = apply_modality_lut(raw, ds).astype(np.float32)
-    if modality == "ct":
-        return values
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        values = values.max() - values
-    return _to_uint8(values)
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min-max scale any intensity array to uint8."""
-    values = values.astype(np.float32)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    try:
+        decoded = decode_image(ImageInput(data=data, media_type="application/dicom", modality=modality),
+                               max_pixels=DATASET_MAX_PIXELS)
+    except ServiceError as exc:
+        raise DataError(f"unreadable DICOM ({exc.message})", file=str(path)) from None
+    return decoded.pixels if modality == "ct" else decoded.display

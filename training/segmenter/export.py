@@ -88,8 +88,9 @@ def export_onnx(model: OrganUNet, config: SegmenterConfig, spec: PreprocessSpec,
     return path
 
 
-def ort_session(path: Path, threads: int = 2, optimisation: str = "all"):
-    """An ONNX Runtime CPU session; a corrupt file raises :class:`SegmenterError` naming it."""
+def ort_session(path: Path, threads: int = 2, optimisation: str = "all", providers: list[str] | None = None):
+    """An ONNX Runtime session (CPU unless ``providers`` says otherwise, e.g. CUDA first with CPU as the
+    fallback); a corrupt file raises :class:`SegmenterError` naming it."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -103,7 +104,7 @@ def ort_session(path: Path, threads: int = 2, optimisation: str = "all"):
     }[optimisation]
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:
         raise SegmenterError(f"ONNX model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
 

@@ -1,0 +1,73 @@
+"""Service settings: one pydantic-settings class, environment prefix ``MEDCLM_``, CLI flags on top.
+
+Settings are built once in ``service.__main__`` (or by a test) and passed in explicitly; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; ``python -m service --help`` lists them with these descriptions."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDCLM_", extra="forbid")
+
+    # --- network ---
+    host: str = Field("127.0.0.1", description="interface both servers bind (loopback by default)")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    # --- models ---
+    model_repository: Path = Field(REPO_ROOT / "model_repository",
+                                   description="Triton-layout folder holding medclm* and organ_seg_* models")
+    vqa_model: str = Field("medclm", description="base name of the VQA model in the repository")
+    vqa_variants: Annotated[list[str], NoDecode] = Field(["fp32"], description="VQA precision variants to serve (fp32, bf16, int8)")
+    segmenter_variants: Annotated[list[str], NoDecode] = Field(["fp32", "fp16", "int8"],
+                                          description="segmenter precision variants to serve")
+    # --- engines ---
+    vqa_engine: Literal["vllm", "vllm-remote"] = Field(
+        "vllm", description="vllm = in-process AsyncLLM; vllm-remote = an OpenAI-compatible vLLM server")
+    vllm_remote_url: str = Field("", description="base URL of the remote vLLM server (vllm-remote), e.g. "
+                                                 "http://10.0.0.5:8000")
+    vllm_threads: int = Field(2, ge=1, description="CPU threads of the in-process vLLM engine (CPU builds)")
+    vllm_max_model_len: int = Field(1024, ge=64, description="context length given to vLLM")
+    segmentation_engine: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="onnxruntime = in-process; triton = a Triton server via tritonclient")
+    triton_url: str = Field("", description="Triton address host:port (segmentation_engine=triton)")
+    triton_protocol: Literal["grpc", "http"] = Field("grpc", description="tritonclient protocol")
+    onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX Runtime session")
+    # --- segmenter dynamic batching (Triton-style) ---
+    batching: bool = Field(True, description="queue segmentation requests into batches")
+    max_batch_size: int = Field(8, ge=1, description="largest segmentation batch")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="longest wait for a batch to fill")
+    # --- admission control (beyond running + waiting: 429 / RESOURCE_EXHAUSTED before decoding) ---
+    vqa_max_running: int = Field(16, ge=1, description="VQA requests inside vLLM at once, per variant")
+    vqa_max_waiting: int = Field(64, ge=0, description="VQA requests waiting for a running slot, per variant")
+    segment_max_running: int = Field(16, ge=1, description="segmentation requests inside the engine at once")
+    segment_max_waiting: int = Field(64, ge=0, description="segmentation requests waiting for a running slot")
+    # --- request limits ---
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body / message")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest decoded image (width x height x frames)")
+    max_question_chars: int = Field(2000, ge=1, description="longest question")
+    max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
+    # --- lifecycle ---
+    shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish")
+    # --- observability ---
+    log_level: str = Field("INFO", description="log level of the JSON logs")
+    log_request_text: bool = Field(False, description="log question text (off: may hold patient data)")
+
+    @field_validator("vqa_variants", "segmenter_variants", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        """Lists come from the environment and CLI as comma-separated text."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value

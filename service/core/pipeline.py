@@ -1,0 +1,327 @@
+"""The service's one pipeline: check the request, decode the image, run the engines, read and ground the
+answer. Both transports call it through :class:`service.core.api.ServiceCore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from typing import AsyncIterator
+
+from training.medclm.prompts import build_messages
+
+from service.config import Settings
+from service.core.admission import AdmissionGate
+from service.core.grounding import check_grounding
+from service.core.masks import organ_masks
+from service.core.output import parse_output
+from service.core.registry import RepositoryModel
+from service.core.types import (MASK_FORMATS, SEGMENTER_PRECISIONS, VQA_PRECISIONS, AskEvent, AskRequest,
+                                AskResult, DecodedImage, Finding, ModelInfo, SegmentRequest, SegmentResult,
+                                Timings, Usage)
+from service.engines.base import GenerationParams, SegmentationEngine, VqaEngine
+from service.errors import ErrorCode, ServiceError, invalid
+from service.imaging.decode import decode_image
+from service.imaging.model_view import box_norm_to_px, model_view_image
+from service.imaging.windowing import ABDOMEN_WINDOW
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("medclm.pipeline")
+MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 2.0
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def remaining_seconds(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (time.monotonic based); DEADLINE_EXCEEDED when none are left."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ServiceError(ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed before it could be served")
+    return left
+
+
+def segmenter_input(decoded: DecodedImage):
+    """Pixels in the units the organ segmenter was trained on. An 8-bit CT (already a display image) is
+    mapped back through the abdomen window, so the segmenter's own windowing reproduces it."""
+    if decoded.modality == "ct" and decoded.source != "dicom" and decoded.pixels.max(initial=0) <= 255 \
+            and (decoded.pixels == decoded.display).all():
+        low = ABDOMEN_WINDOW.center - ABDOMEN_WINDOW.width / 2
+        return decoded.display.astype("float32") / 255.0 * ABDOMEN_WINDOW.width + low
+    return decoded.pixels
+
+
+class Pipeline:
+    """Implements :class:`service.core.api.ServiceCore` over one set of engines."""
+
+    def __init__(self, settings: Settings, vqa_engines: dict[str, VqaEngine], vqa_models: dict[str, RepositoryModel],
+                 segmentation: SegmentationEngine | None, segmenter_models: dict[str, RepositoryModel],
+                 metrics: ServiceMetrics | None = None, problems: list[str] | None = None):
+        self.settings = settings
+        self.vqa_engines = vqa_engines
+        self.vqa_models = vqa_models
+        self.segmentation = segmentation
+        self.segmenter_models = segmenter_models
+        self.metrics = metrics or ServiceMetrics()
+        self.problems = list(problems or [])  # configuration problems found at build time (missing models)
+        self.draining = False
+        self.vqa_gates = {name: AdmissionGate(name, settings.vqa_max_running, settings.vqa_max_waiting)
+                          for name in vqa_engines}
+        self.segment_gate = AdmissionGate("the organ segmenter", settings.segment_max_running,
+                                          settings.segment_max_waiting)
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        """Start every engine; one that fails to start leaves the service up but not ready."""
+        engines = list(self.vqa_engines.values()) + ([self.segmentation] if self.segmentation else [])
+        results = await asyncio.gather(*(e.start() for e in engines), return_exceptions=True)
+        for engine, result in zip(engines, results):
+            if isinstance(result, BaseException):
+                name = getattr(engine, "name", None) or getattr(engine, "engine", type(engine).__name__)
+                log.error("engine %s failed to start: %s", name, result)
+                self.problems.append(f"engine {name} failed to start: {result}")
+        self._publish_readiness()
+
+    async def close(self) -> None:
+        """Close every engine."""
+        engines = list(self.vqa_engines.values()) + ([self.segmentation] if self.segmentation else [])
+        await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
+
+    def start_draining(self) -> None:
+        """Stop admitting requests (readiness turns false); in-flight requests continue."""
+        self.draining = True
+
+    def live(self) -> bool:
+        """The process is up."""
+        return True
+
+    def ready(self) -> bool:
+        """Every engine can serve and the service is not draining."""
+        engines_ready = all(e.ready() for e in self.vqa_engines.values()) and (
+            self.segmentation is None or self.segmentation.ready())
+        return engines_ready and bool(self.vqa_engines) and not self.draining
+
+    def _publish_readiness(self) -> None:
+        for name, engine in self.vqa_engines.items():
+            self.metrics.engine_ready.labels(model=name).set(1 if engine.ready() else 0)
+        if self.segmentation is not None:
+            for name in self.segmenter_models:
+                self.metrics.engine_ready.labels(model=name).set(1 if self.segmentation.ready() else 0)
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every served model with its readiness."""
+        self._publish_readiness()
+        infos = [ModelInfo(m.name, m.kind, m.precision, list(m.modalities), m.fingerprint,
+                           self.vqa_engines[m.name].ready(), self.settings.vqa_engine)
+                 for m in self.vqa_models.values()]
+        seg_ready = self.segmentation is not None and self.segmentation.ready()
+        infos += [ModelInfo(m.name, m.kind, m.precision, list(m.modalities), m.fingerprint, seg_ready,
+                            self.settings.segmentation_engine) for m in self.segmenter_models.values()]
+        return infos
+
+    # --- request checks ---
+    def _admit(self) -> None:
+        if self.draining:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "the service is shutting down", retry_after=1.0)
+
+    def _vqa_model(self, request: AskRequest) -> RepositoryModel:
+        if request.precision and request.precision not in VQA_PRECISIONS:
+            raise invalid(f"precision {request.precision!r} is not one of {', '.join(VQA_PRECISIONS)}", "precision")
+        if request.model:
+            model = self.vqa_models.get(request.model)
+            if model is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, f"model {request.model!r} is not served; served VQA "
+                                   f"models: {', '.join(self.vqa_models) or 'none'}", "model")
+            if request.precision and request.precision != model.precision:
+                raise invalid(f"model {model.name!r} is the {model.precision} variant, not {request.precision}",
+                              "precision")
+            return model
+        precision = request.precision or "fp32"
+        for model in self.vqa_models.values():
+            if model.precision == precision:
+                return model
+        raise ServiceError(ErrorCode.NOT_FOUND, f"no {precision} VQA variant is served (served: "
+                           f"{', '.join(m.precision for m in self.vqa_models.values()) or 'none'})", "precision")
+
+    def _params(self, request: AskRequest) -> GenerationParams:
+        cap = self.settings.max_tokens_cap
+        max_tokens = request.max_tokens or min(self.settings.default_max_tokens, cap)
+        if not 1 <= max_tokens <= cap:
+            raise invalid(f"max_tokens must be between 1 and {cap}", "max_tokens")
+        if not (math.isfinite(request.temperature) and 0.0 <= request.temperature <= MAX_TEMPERATURE):
+            raise invalid(f"temperature must be a number between 0 and {MAX_TEMPERATURE}", "temperature")
+        if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+            raise invalid("seed must be between 0 and 2^63-1", "seed")
+        return GenerationParams(max_tokens=max_tokens, temperature=request.temperature, seed=request.seed)
+
+    def _question(self, question: str) -> str:
+        text = (question or "").strip()
+        if not text:
+            raise invalid("question is empty", "question")
+        if len(text) > self.settings.max_question_chars:
+            raise invalid(f"question is longer than {self.settings.max_question_chars} characters", "question")
+        if any(ord(c) < 32 and c not in "\n\t" for c in text):
+            raise invalid("question holds control characters", "question")
+        return text
+
+    async def _decode(self, request_image, deadline: float | None) -> tuple[DecodedImage, float]:
+        remaining_seconds(deadline)
+        started = time.perf_counter()
+        decoded = await asyncio.to_thread(decode_image, request_image, self.settings.max_image_pixels)
+        return decoded, time.perf_counter() - started
+
+    # --- VQA ---
+    async def ask(self, request: AskRequest) -> AskResult:
+        """Answer one question (the streamed generation, collected)."""
+        async with contextlib.aclosing(self.ask_stream(request)) as events:
+            async for event in events:
+                if event.result is not None:
+                    return event.result
+        raise ServiceError(ErrorCode.INTERNAL, "the generation ended without a result")
+
+    async def ask_stream(self, request: AskRequest) -> AsyncIterator[AskEvent]:
+        """Text deltas as they come, then the final result; closing the stream aborts the generation."""
+        arrived = time.perf_counter()
+        self._admit()
+        request_id = request.request_id or uuid.uuid4().hex
+        question = self._question(request.question)
+        model = self._vqa_model(request)
+        params = self._params(request)
+        engine = self.vqa_engines[model.name]
+        if not engine.ready():
+            raise ServiceError(ErrorCode.UNAVAILABLE, f"model {model.name} is not ready", retry_after=5.0)
+        gate = self.vqa_gates[model.name]
+        gate.admit()  # before any decoding: overload is refused at the cost of a counter
+        try:
+            async with gate.running(request.deadline):
+                waited = time.perf_counter() - arrived
+                self.metrics.queue.labels(model=model.name).observe(waited)
+                async with contextlib.aclosing(self._generate(request, request_id, question, model, params, engine,
+                                                              arrived, waited)) as events:
+                    async for event in events:
+                        yield event
+        finally:
+            gate.release()
+
+    async def _generate(self, request: AskRequest, request_id: str, question: str, model: RepositoryModel,
+                        params: GenerationParams, engine: VqaEngine, arrived: float, waited: float,
+                        ) -> AsyncIterator[AskEvent]:
+        decoded, preprocess = await self._decode(request.image, request.deadline)
+        if decoded.modality not in model.modalities:
+            raise invalid(f"modality {decoded.modality.upper()} is not supported by {model.name} (trained on "
+                          f"{', '.join(m.upper() for m in model.modalities)})", "image")
+        image = model_view_image(decoded)
+        messages = build_messages(question, reasoning=request.reasoning)
+
+        timings = Timings(queue_ms=_ms(waited), preprocess_ms=_ms(preprocess))
+        text_parts: list[str] = []
+        usage, finish_reason = Usage(), ""
+        submitted = time.perf_counter()
+        first_token_at = None
+        remaining = remaining_seconds(request.deadline)
+        try:
+            async with asyncio.timeout(remaining):
+                async with contextlib.aclosing(engine.generate(messages, image, params, request_id)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.delta:
+                            if first_token_at is None:
+                                first_token_at = time.perf_counter()
+                            text_parts.append(chunk.delta)
+                            yield AskEvent(delta=chunk.delta)
+                        usage = Usage(chunk.prompt_tokens, chunk.completion_tokens)
+                        if chunk.finished:
+                            finish_reason = chunk.finish_reason or "stop"
+        except TimeoutError as exc:
+            raise ServiceError(ErrorCode.DEADLINE_EXCEEDED, "the request deadline passed during generation") from exc
+        finished = time.perf_counter()
+        timings.engine_ms = _ms(finished - submitted)
+        timings.time_to_first_token_ms = _ms((first_token_at or finished) - submitted)
+        self.metrics.engine.labels(model=model.name).observe(finished - submitted)
+        self.metrics.ttft.labels(model=model.name).observe((first_token_at or finished) - submitted)
+        self.metrics.tokens.labels(model=model.name, kind="prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(model=model.name, kind="completion").inc(usage.completion_tokens)
+
+        text = "".join(text_parts)
+        parsed = parse_output(text)
+        findings = [Finding(label=b.label, organ=b.organ, box_norm=b.box_norm,
+                            box_px=box_norm_to_px(b.box_norm, decoded.width, decoded.height)) for b in parsed.boxes]
+        grounding = []
+        if request.verify_grounding and findings and self.segmentation is not None:
+            seg_model = self._segmenter_for(decoded.modality, "fp32", required=False)
+            if seg_model is not None:
+                started = time.perf_counter()
+                labels = await self.segmentation.segment(seg_model.name, segmenter_input(decoded), decoded.modality,
+                                                         request.deadline)
+                grounding = check_grounding(findings, labels)
+                timings.grounding_ms = _ms(time.perf_counter() - started)
+        timings.total_ms = _ms(time.perf_counter() - arrived)
+        yield AskEvent(result=AskResult(
+            request_id=request_id, model=model.name, fingerprint=model.fingerprint, answer=parsed.answer,
+            reasoning_steps=parsed.reasoning_steps, text=text, findings=findings, grounding=grounding, usage=usage,
+            timings=timings, finish_reason=finish_reason or "stop", modality=decoded.modality,
+            width=decoded.width, height=decoded.height))
+
+    # --- segmentation ---
+    def _segmenter_for(self, modality: str, precision: str, required: bool = True) -> RepositoryModel | None:
+        for model in self.segmenter_models.values():
+            if model.precision == precision and modality in model.modalities:
+                return model
+        if not required:
+            return None
+        if not any(modality in m.modalities for m in self.segmenter_models.values()):
+            raise invalid(f"no organ segmenter for modality {modality.upper()} (served: "
+                          f"{', '.join(sorted({m.upper() for s in self.segmenter_models.values() for m in s.modalities}))})",
+                          "image")
+        raise ServiceError(ErrorCode.NOT_FOUND, f"no {precision} organ segmenter for {modality.upper()} is served",
+                           "precision")
+
+    async def segment(self, request: SegmentRequest) -> SegmentResult:
+        """Organ masks, areas (mm² when the image has a pixel spacing) and boxes in original pixels."""
+        arrived = time.perf_counter()
+        self._admit()
+        request_id = request.request_id or uuid.uuid4().hex
+        if request.precision and request.precision not in SEGMENTER_PRECISIONS:
+            raise invalid(f"precision {request.precision!r} is not one of {', '.join(SEGMENTER_PRECISIONS)}",
+                          "precision")
+        if request.mask_format not in MASK_FORMATS:
+            raise invalid(f"mask_format {request.mask_format!r} is not one of {', '.join(MASK_FORMATS)}",
+                          "mask_format")
+        if request.model and request.model not in self.segmenter_models:
+            raise ServiceError(ErrorCode.NOT_FOUND, f"model {request.model!r} is not served", "model")
+        if self.segmentation is None or not self.segmentation.ready():
+            raise ServiceError(ErrorCode.UNAVAILABLE, "the organ segmenter is not ready", retry_after=5.0)
+        self.segment_gate.admit()
+        try:
+            async with self.segment_gate.running(request.deadline):
+                return await self._segment(request, request_id, arrived)
+        finally:
+            self.segment_gate.release()
+
+    async def _segment(self, request: SegmentRequest, request_id: str, arrived: float) -> SegmentResult:
+        decoded, preprocess = await self._decode(request.image, request.deadline)
+        if request.model:
+            model = self.segmenter_models[request.model]
+            if decoded.modality not in model.modalities:
+                raise invalid(f"model {model.name} segments {', '.join(model.modalities).upper()}, the image is "
+                              f"{decoded.modality.upper()}", "image")
+        else:
+            model = self._segmenter_for(decoded.modality, request.precision or "fp32")
+        started = time.perf_counter()
+        labels = await self.segmentation.segment(model.name, segmenter_input(decoded), decoded.modality,
+                                                 request.deadline)
+        engine_seconds = time.perf_counter() - started
+        self.metrics.engine.labels(model=model.name).observe(engine_seconds)
+        organs = await asyncio.to_thread(organ_masks, labels, decoded.pixel_spacing_mm, request.mask_format)
+        timings = Timings(preprocess_ms=_ms(preprocess), engine_ms=_ms(engine_seconds),
+                          total_ms=_ms(time.perf_counter() - arrived))
+        return SegmentResult(request_id=request_id, model=model.name, fingerprint=model.fingerprint,
+                             modality=decoded.modality, width=decoded.width, height=decoded.height,
+                             pixel_spacing_mm=decoded.pixel_spacing_mm, organs=organs, labels=labels, timings=timings)
