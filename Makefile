@@ -24,8 +24,20 @@ $(DATA)/stats.json: | $(STAMP)
 
 data: $(DATA)/stats.json
 
-run: $(STAMP) $(DATA)/stats.json
-	@echo "MedCLM VQA dataset ready in $(DATA)/ ({train,val,test}.jsonl, images/, stats.json); see docs/data.md"
+# The service on the built-in defaults: the committed models in model_repository/ (rebuilt first if missing).
+HOST ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 50051
+
+model_repository/organ_seg_ct/1/model.onnx: | $(STAMP)
+	$(PY) -m training.segmenter build-defaults
+
+model_repository/medclm/1/model.json: | $(STAMP)
+	$(MAKE) medclm-default
+
+run: $(STAMP) model_repository/organ_seg_ct/1/model.onnx model_repository/medclm/1/model.json
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} HF_HUB_OFFLINE=1 \
+		$(PY) -m service --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
