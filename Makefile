@@ -43,11 +43,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 medclm-default: $(STAMP)
-	$(PY) -m training.data build --source phantom --modality ct,cxr --count 300 --seed 1 --out $(MEDCLM_DATA)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count 1000 --seed 1 --out $(MEDCLM_DATA)
 	$(PY) -m training.medclm train --data $(MEDCLM_DATA) --out $(MEDCLM_RUN)
-	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/04-hard --data $(MEDCLM_DATA) --split test \
+	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/05-hard --data $(MEDCLM_DATA) --split test \
 		--out $(MEDCLM_RUN)/evaluation
-	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/04-hard --model-repository model_repository \
+	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/05-hard --model-repository model_repository \
 		--all-precisions --evaluation $(MEDCLM_RUN)/evaluation.json
 
 clean-data:

@@ -9,6 +9,7 @@ Examples:
     python -m training.medclm quantize --checkpoint runs/tiny/04-hard --out runs/tiny/04-hard-w8a8
     python -m training.medclm export --checkpoint runs/tiny/04-hard --model-repository model_repository --all-precisions
     python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
+    python -m training.medclm image-reliance --checkpoint runs/tiny/05-hard --data data/default
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--scheme", default="w8a8", choices=("w8a8",))
     quantize.add_argument("--weight-max", type=int, default=None,
                           help="largest |int8 weight| (default 63: exact on AVX2 CPUs without VNNI, see quantize.py)")
+
+    reliance = sub.add_parser("image-reliance", help="loss with the right image vs another image vs a blank one")
+    reliance.add_argument("--checkpoint", type=Path, required=True)
+    reliance.add_argument("--data", type=Path, required=True)
+    reliance.add_argument("--split", default="val", choices=("train", "val", "test"))
+    reliance.add_argument("--count", type=int, default=32, help="questions, each on a different image")
+    reliance.add_argument("--stage", default="hard", choices=("easy", "medium", "hard"))
 
     export = sub.add_parser("export", help="write the checkpoint into a Triton vLLM-backend model repository")
     export.add_argument("--checkpoint", type=Path, required=True)
@@ -104,6 +112,10 @@ def run_command(args: argparse.Namespace) -> dict:
 
         out = quantize_w8a8(args.checkpoint, args.out, args.weight_max or DEFAULT_WEIGHT_MAX)
         return {"out": str(out), "scheme": args.scheme}
+    if args.command == "image-reliance":
+        from training.medclm.image_reliance import image_reliance
+
+        return image_reliance(args.checkpoint, args.data, args.split, args.count, args.stage)
     if args.command == "export":
         from training.medclm.export import export_model
 

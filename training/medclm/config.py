@@ -46,23 +46,23 @@ class MedCLMConfig:
     # --- loss ---
     answer_weight: float = 0.8  # lambda_ans of MedCLM: the "Answer: X" line and the end-of-sequence token
     reasoning_weight: float = 0.2  # lambda_cot of MedCLM: the numbered reasoning steps
-    dense_weight: float = 0.3  # vision dense loss kept on after warm-up so the tower does not drift blind
+    dense_weight: float = 0.5  # vision dense loss kept on after warm-up so the tower does not drift blind
     dense_organ_weight: float = 1.0  # per-patch organ label (cross-entropy over the global organ labels)
     dense_lesion_weight: float = 1.0  # per-patch lesion presence (BCE); lesions are rare, so pos_weight below
     dense_lesion_pos_weight: float = 5.0  # ~5% of patches hold a lesion; balances the BCE
     dense_box_weight: float = 2.0  # L1 box regression on lesion patches, coordinates in [0, 1]
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
-    warmup_steps: int = 400  # vision-only dense warm-up before Easy (~6 min): LM loss alone left the tower blind
+    warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
     calibrate_projector: bool = True  # standardise the projector on the warmed-up features before the LM
     # stages (training.medclm.projector): without it the image tokens were ~constant and the LM ignored them
-    align_steps: int = 500  # answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
+    align_steps: int = 2000  # answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
     # "feature alignment" stage: every target token depends on the image, so the language model learns to read
     # the patches before the long templated rationales dilute that signal (runs without it ignored the image)
-    easy_epochs: float = 1.25  # sequential: passes over Easy; ~10 min on a --count 300 dataset (7.4k train)
-    medium_epochs: float = 1.25  # sequential: passes over Medium; ~8 min on the same data
-    hard_epochs: float = 1.0  # sequential: Hard sequences are short (~1 s/step), a full pass costs ~2 min
-    replay: float = 0.25  # sequential: share of later-phase batches drawn from earlier stages, so the
+    easy_epochs: float = 0.5  # sequential: passes over Easy; ~6 min on a --count 1000 dataset (8.5k Easy records)
+    medium_epochs: float = 0.75  # sequential: passes over Medium; ~8 min on the same data
+    hard_epochs: float = 0.25  # sequential: short, because a long answer-only phase erased well-formed boxes
+    replay: float = 0.5  # sequential: share of later-phase batches drawn from earlier stages, so the
     # reasoning prompt still gets reasoning after the answer-only Hard phase (no catastrophic forgetting)
     adaptive_epochs: int = 24  # adaptive: number of (pseudo-)epochs; paper uses real epochs
     adaptive_epoch_steps: int = 40  # adaptive: steps per pseudo-epoch, so the paper's epoch constants fit CPU runs
@@ -82,7 +82,7 @@ class MedCLMConfig:
     mixed_epochs: float = 1.0  # mixed / hard-only baselines: passes over their records
     # --- optimisation ---
     batch_size: int = 8  # sequences per step (x questions_per_image questions); fills 2 cores without stalls
-    lr: float = 1e-3  # from scratch a 5M model needs ~50x the paper's 2e-5 (that one fine-tunes a 7B model)
+    lr: float = 2e-3  # from scratch a 5M model needs ~50x the paper's 2e-5 (that one fine-tunes a 7B model)
     min_lr: float = 1e-5  # cosine floor, ~1% of the peak like the paper's 2e-5 -> 1e-6 ratio
     lr_warmup_steps: int = 100  # linear warm-up: Adam's moments are noisy in the first steps
     betas: tuple[float, float] = (0.9, 0.98)  # paper; 0.98 reacts faster to the curriculum's stage switches

@@ -62,6 +62,13 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
+    # The image-reliance diagnostic runs on a checkpoint: three finite losses over questions on distinct images.
+    from training.medclm.image_reliance import image_reliance
+
+    reliance = image_reliance(last, tiny_data, split="train", count=6)
+    assert reliance["n"] >= 2 and all(np.isfinite(reliance[k]) for k in ("own", "other", "blank"))
+    assert reliance["blank"] != reliance["own"]  # the image tokens do reach the language model
+
     # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
     resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[2], progress=False)
     assert [p.name for p in resumed.checkpoints] == ["04-medium", "05-hard"]
