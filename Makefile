@@ -11,7 +11,7 @@ DATA_COUNT ?= 500
 MEDCLM_DATA ?= data/medclm
 MEDCLM_RUN ?= runs/medclm-default
 
-.PHONY: install run test data clean-data medclm-default
+.PHONY: install run test data clean-data medclm-default bench
 
 $(STAMP): pyproject.toml scripts/setup_env.sh scripts/torchvision_cpu_shim.py
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
@@ -43,12 +43,21 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 medclm-default: $(STAMP)
-	$(PY) -m training.data build --source phantom --modality ct,cxr --count 1000 --seed 1 --out $(MEDCLM_DATA)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count 300 --seed 1 --out $(MEDCLM_DATA)
 	$(PY) -m training.medclm train --data $(MEDCLM_DATA) --out $(MEDCLM_RUN)
-	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/05-hard --data $(MEDCLM_DATA) --split test \
+	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/04-hard --data $(MEDCLM_DATA) --split test \
 		--out $(MEDCLM_RUN)/evaluation
-	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/05-hard --model-repository model_repository \
-		--all-precisions --evaluation $(MEDCLM_RUN)/evaluation.json
+	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/04-hard --model-repository model_repository \
+		--precision fp32 --evaluation $(MEDCLM_RUN)/evaluation.json
+	$(PY) -m training.medclm export --checkpoint $(MEDCLM_RUN)/04-hard --model-repository model_repository \
+		--precision int8 --evaluation $(MEDCLM_RUN)/evaluation.json
+
+# docs/BENCHMARKS.md: the service vs the bare engines, precision variants, scaling (~30-45 min on 2 cores, on an
+# otherwise idle machine). Sizes and durations: BENCH_ARGS="--vqa_requests=64 --seg_duration=20" or "--quick".
+BENCH_ARGS ?=
+
+bench: $(STAMP) model_repository/organ_seg_ct/1/model.onnx
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} HF_HUB_OFFLINE=1 $(PY) -m loadtests.bench $(BENCH_ARGS)
 
 clean-data:
 	rm -rf $(DATA)

@@ -127,3 +127,64 @@ def medclm_sample(medclm_dataset) -> VqaSample:
 def medclm_reference(medclm_repository, medclm_sample) -> ReferenceGeneration:
     """Transformers' greedy answer to ``medclm_sample`` from the repository's ``medclm`` checkpoint."""
     return transformers_reference(checkpoint_of(medclm_repository), medclm_sample, REFERENCE_MAX_TOKENS)
+
+
+# --- a model that answers known questions exactly -------------------------------------------------------------
+# The committed default model does not yet produce usable boxes (docs/medclm.md), so service tests that
+# check the box path end to end (model text → parsed box → original pixels → grounding) serve a micro model
+# trained until it reproduces its few training targets verbatim: its answers, boxes included, are known.
+@dataclass
+class MemorisedQuestion:
+    """A question the memorising model answers with its training target; the lesion box is known."""
+
+    record: object  # VQARecord
+    image_path: Path
+
+
+def memorised_records(data: Path) -> list:
+    """Two Medium records with a lesion box: a CT one (256 x 256) and a non-square chest X-ray one."""
+    from training.medclm.data import load_records
+
+    records = load_records(data / "train.jsonl")
+    pick = []
+    for modality, types in (("ct", ("organ", "finding")), ("cxr", ("grounding",))):
+        pick.append(next(r for r in records if r.stage == "medium" and r.modality == modality and r.findings
+                         and r.question_type in types and r.width != 0))
+    return pick
+
+
+def train_memorising_repository(data: Path, workdir: Path) -> Path:
+    """Train the micro LLaVA on two records until it reproduces them; export it as ``medclm``."""
+    import shutil
+
+    from training.medclm.export import export_model
+    from training.medclm.trainer import train
+
+    records = memorised_records(data)
+    subset = workdir / "data"
+    subset.mkdir(parents=True)
+    for name in ("images", "masks"):
+        (subset / name).symlink_to(data / name)
+    lines = "".join(r.model_dump_json() + "\n" for r in records)
+    (subset / "train.jsonl").write_text(lines)
+    (subset / "val.jsonl").write_text(lines)
+    config = micro_config(warmup_steps=0, align_steps=0, easy_epochs=0, medium_epochs=150, hard_epochs=0,
+                          questions_per_image=1, batch_size=2, lr=3e-3, dense_weight=0.0, eval_records=0, replay=0.0,
+                          max_new_tokens=200)
+    result = train(config, subset, workdir / "run", progress=False)
+    repository = workdir / "model_repository"
+    export_model(result.checkpoints[-1], repository, MODEL_NAME, "fp32", root=workdir)
+    shutil.rmtree(workdir / "run", ignore_errors=True)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def memorising_repository(medclm_dataset, tmp_path_factory) -> Path:
+    """A repository whose ``medclm`` answers :func:`memorised_records` with their exact targets."""
+    return train_memorising_repository(medclm_dataset, tmp_path_factory.mktemp("medclm_memorising"))
+
+
+@pytest.fixture(scope="session")
+def memorised(medclm_dataset) -> list:
+    """The records the memorising model knows by heart."""
+    return memorised_records(medclm_dataset)

@@ -20,6 +20,20 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_REPOSITORY = REPO_ROOT / "model_repository"
+# Small admission limits so a burst of requests reaches OVERLOADED in a test; one request at a time
+# elsewhere never comes close.
+SERVICE_ARGS = ["--vqa-max-running", "2", "--vqa-max-waiting", "2", "--vllm-threads", "2", "--max-tokens-cap", "512"]
+
+
+def combined_repository(medclm_repository: Path, folder: Path, with_medclm: bool = True) -> Path:
+    """A repository with the committed organ segmenters and (optionally) the test's ``medclm``, by symlinks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for model in sorted(COMMITTED_REPOSITORY.glob("organ_seg_*")):
+        (folder / model.name).symlink_to(model)
+    if with_medclm:
+        (folder / "medclm").symlink_to(medclm_repository / "medclm")
+    return folder
 
 
 @dataclass

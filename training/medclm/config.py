@@ -46,7 +46,7 @@ class MedCLMConfig:
     # --- loss ---
     answer_weight: float = 0.8  # lambda_ans of MedCLM: the "Answer: X" line and the end-of-sequence token
     reasoning_weight: float = 0.2  # lambda_cot of MedCLM: the numbered reasoning steps
-    dense_weight: float = 0.5  # vision dense loss kept on after warm-up so the tower does not drift blind
+    dense_weight: float = 0.3  # vision dense loss kept on after warm-up so the tower does not drift blind
     dense_organ_weight: float = 1.0  # per-patch organ label (cross-entropy over the global organ labels)
     dense_lesion_weight: float = 1.0  # per-patch lesion presence (BCE); lesions are rare, so pos_weight below
     dense_lesion_pos_weight: float = 5.0  # ~5% of patches hold a lesion; balances the BCE
@@ -54,13 +54,13 @@ class MedCLMConfig:
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
-    calibrate_projector: bool = True  # standardise the projector on the warmed-up features before the LM
-    # stages (training.medclm.projector): without it the image tokens were ~constant and the LM ignored them
-    align_steps: int = 2000  # answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
+    calibrate_projector: bool = False  # standardise the projector on the warmed-up features before the LM
+    # stages (training.medclm.projector); measured without effect on image use so far (docs/medclm.md), so off
+    align_steps: int = 0  # optional answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
     # "feature alignment" stage: every target token depends on the image, so the language model learns to read
     # the patches before the long templated rationales dilute that signal (runs without it ignored the image)
-    easy_epochs: float = 0.5  # sequential: passes over Easy; ~6 min on a --count 1000 dataset (8.5k Easy records)
-    medium_epochs: float = 0.75  # sequential: passes over Medium; ~8 min on the same data
+    easy_epochs: float = 1.5  # sequential: passes over Easy; ~5 min on a --count 300 dataset (2.6k Easy records)
+    medium_epochs: float = 1.75  # sequential: passes over Medium; ~5 min on the same data
     hard_epochs: float = 0.25  # sequential: short, because a long answer-only phase erased well-formed boxes
     replay: float = 0.5  # sequential: share of later-phase batches drawn from earlier stages, so the
     # reasoning prompt still gets reasoning after the answer-only Hard phase (no catastrophic forgetting)

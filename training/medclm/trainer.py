@@ -97,6 +97,8 @@ def _epoch_batches(records: list, config: MedCLMConfig, rng: np.random.Generator
     Plans are sorted by text length inside windows of 8 batches before batching, so one long Easy
     rationale does not pad seven short ones (measured ~2x less padding), while batch order stays random.
     """
+    if not records:
+        raise MedCLMError("no training records for this phase")  # an endless loop otherwise
     while True:
         plans = plan_sequences(records, config.questions_per_image, rng)
         if len(plans) < size:
@@ -298,7 +300,8 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
                 stage = adaptive.sample(rng)
                 plans = sampler.batch(stage)
             elif phase.name != "warmup":
-                earlier = list(STAGE_ORDER[:STAGE_ORDER.index(phase.name)]) if phase.name in STAGE_ORDER else []
+                earlier = [s for s in (STAGE_ORDER[:STAGE_ORDER.index(phase.name)] if phase.name in STAGE_ORDER else ())
+                           if _stage_records(dataset, s)]  # replay only stages that have records
                 if config.curriculum == "sequential" and earlier and rng.random() < config.replay:
                     stage = earlier[int(rng.integers(len(earlier)))]
                     if stage not in replays:

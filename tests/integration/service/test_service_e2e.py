@@ -22,6 +22,7 @@ from pydicom.data import get_testdata_file
 
 from service.core.masks import decode_rle
 from service.grpc.gen import medclm_pb2, medclm_pb2_grpc
+from training.data.boxes import denormalize_box
 from training.data.records import VQARecord
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,19 +37,24 @@ def png_bytes(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def grounding_case(medclm_dataset):
-    """A CT phantom with a lesion, its grounding question, cropped to a non-square 256 x 192 image."""
-    records = [VQARecord.model_validate_json(line) for line in
-               (medclm_dataset / "train.jsonl").read_text().splitlines() if line.strip()]
-    record = next(r for r in records if r.question_type == "grounding" and r.modality == "ct")
+    """A CT phantom with a lesion cropped to a non-square image (the lesion kept inside), and a grounding
+    question whose answer is a box."""
+    records = _records(medclm_dataset)
+    record = next(r for r in records if r.question_type == "grounding" and r.modality == "ct"
+                  and r.stage == "hard" and r.findings[0].box[3] < 700)
     image = Image.open(medclm_dataset / record.image)
     cropped = image.crop((0, 0, image.width, image.height * 3 // 4))
     return record, png_bytes(cropped), cropped.size
 
 
-def dicom_from_phantom(medclm_dataset) -> bytes:
-    """pydicom's CT_small as a template carrying a 256 x 256 phantom slice (HU + 1024 stored, intercept -1024)."""
-    record = next(VQARecord.model_validate_json(line) for line in
-                  (medclm_dataset / "train.jsonl").read_text().splitlines() if '"modality": "ct"' in line)
+def _records(data) -> list[VQARecord]:
+    return [VQARecord.model_validate_json(line) for line in (data / "train.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+def dicom_from_phantom(medclm_dataset, record) -> bytes:
+    """pydicom's CT_small as a template carrying the record's 256 x 256 phantom slice (HU + 1024 stored,
+    RescaleIntercept -1024): a real DICOM larger than the 128 px model input."""
     stored = np.asarray(Image.open(medclm_dataset / record.image)).astype(np.uint16)
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.Rows, ds.Columns = stored.shape
@@ -105,11 +111,15 @@ def image_body(data: bytes, media_type: str, **extra) -> dict:
     return {"data_base64": base64.b64encode(data).decode(), "media_type": media_type, **extra}
 
 
+def _corners(box) -> tuple:
+    return tuple(box[k] for k in ("x1", "y1", "x2", "y2")) if isinstance(box, dict) else tuple(box)
+
+
 def assert_boxes_in_original_pixels(findings, width: int, height: int):
-    assert findings, "the model returned no box for a grounding question"
+    assert findings, "the model returned no box"
     for finding in findings:
-        x1, y1, x2, y2 = finding["box_px"] if isinstance(finding, dict) else finding
-        nx1, ny1, nx2, ny2 = finding["box_norm"] if isinstance(finding, dict) else finding
+        x1, y1, x2, y2 = _corners(finding["box_px"])
+        nx1, ny1, nx2, ny2 = _corners(finding["box_norm"])
         assert (x1, y1, x2, y2) == pytest.approx((nx1 / 1000 * width, ny1 / 1000 * height,
                                                   nx2 / 1000 * width, ny2 / 1000 * height), abs=0.01)
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
@@ -121,15 +131,26 @@ def _box(pb):
 
 
 # --- gRPC ---------------------------------------------------------------------------------------------------
-def test_grpc_ask_returns_boxes_in_the_original_pixels_of_a_non_square_image(stub, grounding_case):
-    record, data, (width, height) = grounding_case
-    reply = stub.Ask(medclm_pb2.AskRequest(image=medclm_pb2.Image(data=data, media_type="image/png"),
-                                           question=record.question, brief=True), timeout=120)
-    assert (reply.width, reply.height, reply.modality) == (width, height, "ct")
+def test_grpc_ask_returns_the_lesion_box_in_the_original_pixels_of_a_non_square_image(stub, memorised,
+                                                                                     medclm_dataset):
+    record = next(r for r in memorised if r.modality == "cxr")  # 260 x 320 chest X-ray phantom
+    data = (medclm_dataset / record.image).read_bytes()
+    reply = stub.Ask(medclm_pb2.AskRequest(image=medclm_pb2.Image(data=data, media_type="image/png",
+                                                                  modality="cxr"),
+                                           question=record.question), timeout=120)
+    assert reply.text == record.target  # the memorising model's known answer
+    assert (reply.width, reply.height, reply.modality) == (record.width, record.height, "cxr") != (128, 128, "cxr")
     assert reply.model == "medclm" and len(reply.fingerprint) == 16 and reply.request_id
-    assert reply.text.startswith("Answer:") and reply.answer
-    assert_boxes_in_original_pixels([_box(f) for f in reply.findings], width, height)
-    assert len(reply.grounding) == len(reply.findings)  # the segmenter checked every box
+    assert reply.reasoning_steps == record.rationale and reply.answer == record.answer
+    findings = [_box(f) for f in reply.findings]
+    assert_boxes_in_original_pixels(findings, record.width, record.height)
+    truth = record.findings[0]
+    assert findings[0]["box_norm"] == tuple(truth.box)
+    assert findings[0]["box_px"] == pytest.approx(denormalize_box(truth.box, record.width, record.height), abs=1e-3)
+    assert reply.findings[0].organ == truth.organ and reply.findings[0].label == truth.label
+    (check,) = reply.grounding  # the organ segmenter looked at the same box
+    assert check.claimed_organ == truth.organ and check.segmented_organ and 0 < check.overlap <= 1
+    assert check.consistent == (check.segmented_organ == truth.organ)
     assert reply.usage.completion_tokens > 0 and reply.timings.engine_ms > 0
 
 
@@ -168,20 +189,21 @@ def test_grpc_list_models_and_health(stub, service):
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
-def test_http_ask_json_and_multipart_on_a_dicom_larger_than_the_model_input(http, medclm_dataset, grounding_case):
-    record, _, _ = grounding_case
-    dicom = dicom_from_phantom(medclm_dataset)
-    reply = http.post("/v1/ask", json={"image": image_body(dicom, "application/dicom"), "question": record.question,
-                                       "brief": True})
+def test_http_ask_json_and_multipart_on_a_dicom_larger_than_the_model_input(http, medclm_dataset, memorised):
+    record = next(r for r in memorised if r.modality == "ct")
+    dicom = dicom_from_phantom(medclm_dataset, record)
+    reply = http.post("/v1/ask", json={"image": image_body(dicom, "application/dicom"), "question": record.question})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert (body["width"], body["height"], body["modality"]) == (256, 256, "ct")
+    assert body["text"] == record.target  # the DICOM path reaches the model exactly as the training PNG did
     assert_boxes_in_original_pixels(body["findings"], 256, 256)
+    assert _corners(body["findings"][0]["box_norm"]) == tuple(record.findings[0].box)
     assert reply.headers["x-request-id"] == body["request_id"]
     multipart = http.post("/v1/ask", files={"image": ("slice.dcm", dicom, "application/dicom")},
-                          data={"question": record.question, "brief": "true"})
+                          data={"question": record.question})
     assert multipart.status_code == 200, multipart.text
-    assert multipart.json()["text"] == body["text"]  # greedy: same input, same answer
+    assert multipart.json()["text"] == body["text"]
 
 
 def test_http_ask_stream_is_server_sent_events(http, grounding_case):
