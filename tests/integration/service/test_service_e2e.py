@@ -328,3 +328,29 @@ def test_a_burst_beyond_the_admission_limit_is_refused_on_both_transports(servic
     assert all(r is not None for s, r in http_results if s == 429)  # Retry-After on every refusal
     assert set(grpc_results) <= {"OK", "RESOURCE_EXHAUSTED"} and "RESOURCE_EXHAUSTED" in grpc_results
     assert httpx.get(f"{service.http_url}/health/ready").status_code == 200
+
+
+def test_pydicom_ct_small_goes_through_ask(http):
+    reply = http.post("/v1/ask", json={"image": image_body(ct_small(), "application/dicom"),
+                                       "question": "Is any focal lesion visible in the liver?", "max_tokens": 64})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert (body["width"], body["height"], body["modality"]) == (128, 128, "ct") and body["text"]
+
+
+def test_command_line_client_prints_reasoning_answer_and_boxes(service, memorised, medclm_dataset):
+    import subprocess
+    import sys
+
+    record = next(r for r in memorised if r.modality == "cxr")
+    for transport in (["--grpc", service.grpc_address], ["--http", service.http_url]):
+        done = subprocess.run([sys.executable, "-m", "service.client", "ask", str(medclm_dataset / record.image),
+                               record.question, "--modality", "cxr", *transport],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"Answer: {record.answer}" in done.stdout and "Reasoning:" in done.stdout
+        x1, y1, x2, y2 = denormalize_box(record.findings[0].box, record.width, record.height)
+        assert f"x1={x1:.1f} y1={y1:.1f} x2={x2:.1f} y2={y2:.1f} px" in done.stdout
+    missing = subprocess.run([sys.executable, "-m", "service.client", "ask", "/nonexistent.png", "q",
+                              "--grpc", service.grpc_address], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
