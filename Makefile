@@ -13,7 +13,7 @@ MEDCLM_RUN ?= runs/medclm-default
 
 .PHONY: install run test data clean-data medclm-default bench
 
-$(STAMP): pyproject.toml scripts/setup_env.sh scripts/torchvision_cpu_shim.py
+$(STAMP): pyproject.toml scripts/setup_env.sh scripts/torchvision_cpu_shim.py scripts/constraints-cpu.txt
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
 	touch $(STAMP)
 

@@ -18,7 +18,12 @@ EXTRAS=${EXTRAS:-cpu,triton,test}
 
 test -x .venv/bin/python || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+# The CPU environment is pinned to the versions it was tested with (scripts/constraints-cpu.txt, a pip freeze
+# of a working .venv): without it pip's resolver spent over 20 minutes backtracking through the service's
+# dependencies. GPU hosts resolve freely against the official vllm.
+CONSTRAINTS=()
+if [[ ",${EXTRAS}," == *",cpu,"* ]]; then CONSTRAINTS=(-c scripts/constraints-cpu.txt); fi
+.venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]" "${CONSTRAINTS[@]}"
 .venv/bin/python -m pip uninstall --quiet --yes torchaudio torchcodec triton 2>/dev/null || true
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cp scripts/torchvision_cpu_shim.py "$SITE/_torchvision_cpu_shim.py"
