@@ -50,7 +50,7 @@ class AskRequest(_message.Message):
     seed: int
     verify_grounding: bool
     output_formats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., question: _Optional[str] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ..., brief: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., verify_grounding: _Optional[bool] = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., question: _Optional[str] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ..., brief: bool = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., verify_grounding: bool = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BoxPx(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2")
@@ -102,7 +102,7 @@ class GroundingCheck(_message.Message):
     overlap: float
     claimed_overlap: float
     consistent: bool
-    def __init__(self, finding_index: _Optional[int] = ..., claimed_organ: _Optional[str] = ..., segmented_organ: _Optional[str] = ..., overlap: _Optional[float] = ..., claimed_overlap: _Optional[float] = ..., consistent: _Optional[bool] = ...) -> None: ...
+    def __init__(self, finding_index: _Optional[int] = ..., claimed_organ: _Optional[str] = ..., segmented_organ: _Optional[str] = ..., overlap: _Optional[float] = ..., claimed_overlap: _Optional[float] = ..., consistent: bool = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -260,7 +260,7 @@ class ModelInfo(_message.Message):
     fingerprint: str
     ready: bool
     engine: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., precision: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., ready: _Optional[bool] = ..., engine: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., precision: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ..., ready: bool = ..., engine: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

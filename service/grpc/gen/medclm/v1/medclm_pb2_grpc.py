@@ -5,7 +5,7 @@ import warnings
 
 from medclm.v1 import medclm_pb2 as medclm_dot_v1_dot_medclm__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class MedCLMStub:
+class MedCLMStub(object):
     """Grounded VQA and organ segmentation over one image per request.
     """
 
@@ -57,7 +57,7 @@ class MedCLMStub:
                 _registered_method=True)
 
 
-class MedCLMServicer:
+class MedCLMServicer(object):
     """Grounded VQA and organ segmentation over one image per request.
     """
 
@@ -121,7 +121,7 @@ def add_MedCLMServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class MedCLM:
+class MedCLM(object):
     """Grounded VQA and organ segmentation over one image per request.
     """
 
