@@ -31,6 +31,13 @@ from pathlib import Path
 BACKEND_SOURCE = Path(__file__).parent / "triton_backends"
 
 
+def onnx_models(repository: Path) -> list[str]:
+    """Names of the repository's models with ``platform: "onnxruntime_onnx"`` (what this runtime serves)."""
+    return sorted(folder.name for folder in Path(repository).iterdir()
+                  if (folder / "config.pbtxt").is_file()
+                  and 'platform: "onnxruntime_onnx"' in (folder / "config.pbtxt").read_text())
+
+
 class TritonError(RuntimeError):
     """Triton could not be found, started, or did not become ready."""
 
@@ -157,6 +164,10 @@ class LocalTriton:
             "--exit-on-error=true", "--strict-readiness=true",
             "--pinned-memory-pool-byte-size=0",  # CPU only: no CUDA host memory to pin
             f"--log-verbose={self.log_verbose}",
+            # Only the ONNX models: this runtime has no vLLM backend for the medclm* folders in the same
+            # repository (on GPU hosts the NGC vLLM container serves those).
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in onnx_models(self.model_repository)),
         ]
 
     def start(self) -> "LocalTriton":
