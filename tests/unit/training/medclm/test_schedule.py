@@ -96,10 +96,12 @@ def test_state_round_trip():
 
 
 def test_phase_lists():
-    assert sequential_phases(MedCLMConfig()) == [("easy", 1.25), ("medium", 1.25), ("hard", 1.0)]
+    config = MedCLMConfig(easy_epochs=1.25, medium_epochs=1.5, hard_epochs=0.25)
+    assert sequential_phases(config) == [("easy", 1.25), ("medium", 1.5), ("hard", 0.25)]
     assert sequential_phases(MedCLMConfig(curriculum="mixed", mixed_epochs=2)) == [("mixed", 2)]
-    assert sequential_phases(MedCLMConfig(curriculum="hard-only")) == [("hard", 1.0)]
-    assert sequential_phases(MedCLMConfig(hard_epochs=0)) == [("easy", 1.25), ("medium", 1.25)]
+    assert sequential_phases(MedCLMConfig(curriculum="hard-only", mixed_epochs=1.0)) == [("hard", 1.0)]
+    assert sequential_phases(MedCLMConfig(easy_epochs=1.25, medium_epochs=1.5, hard_epochs=0)) == [
+        ("easy", 1.25), ("medium", 1.5)]
 
 
 def test_domain_is_modality_plus_lesion_class(tiny_records):
