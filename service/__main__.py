@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**args)
     except ValidationError as exc:
-        print(f"invalid setting: {exc}", file=sys.stderr)
+        # Without the input values: they may hold API keys.
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"invalid setting {where}: {error['msg']}", file=sys.stderr)
         return 2
     # stdout carries only the ports line; vLLM would print its own logs there. Its loggers propagate to
     # our JSON handler on stderr instead.

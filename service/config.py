@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +60,46 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
     # --- lifecycle ---
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish")
+    recovery_max_backoff_s: float = Field(30.0, gt=0, description="longest wait between two attempts to reload "
+                                                                  "an engine or model that is down")
+    # --- authentication (off unless keys are given) ---
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [], description="bearer API keys, comma-separated; KEY allows every route, KEY:scope+scope only those "
+                        "scopes (ask, segment, models, health, metrics, docs, reflection); any key turns "
+                        "authentication on")
+    api_keys_file: Path | None = Field(None, description="file with one API key (KEY or KEY:scope+scope) per line, "
+                                                         "# comments; combined with api_keys")
+    open_routes: Annotated[list[str], NoDecode] = Field(
+        ["health", "metrics"], description="scopes that need no key when authentication is on")
+    # --- TLS (both transports; off unless a certificate is given) ---
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain): HTTPS and gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle: require client certificates signed "
+                                                              "by it (mutual TLS) on both transports")
     # --- observability ---
     log_level: str = Field("INFO", description="log level of the JSON logs")
     log_request_text: bool = Field(False, description="log question text (off: may hold patient data)")
+    log_hash_salt: SecretStr = Field(SecretStr(""), description="salt of hashed identifiers in logs (DICOM "
+                                                                "StudyInstanceUID); empty = random per process")
 
-    @field_validator("vqa_variants", "segmenter_variants", mode="before")
+    @field_validator("vqa_variants", "segmenter_variants", "api_keys", "open_routes", mode="before")
     @classmethod
     def _split_commas(cls, value):
         """Lists come from the environment and CLI as comma-separated text."""
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self):
+        """A certificate needs its key (and the other way round); client CAs need a server certificate."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Both transports serve TLS."""
+        return self.tls_cert_file is not None

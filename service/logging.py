@@ -2,13 +2,16 @@
 
 Only an allow-list of record attributes reaches the output, so a careless ``extra=`` cannot leak question
 text, pixel data or DICOM identifiers into the logs; about a request's content the service logs sizes and
-media types only.
+media types only. An identifier worth correlating (the DICOM StudyInstanceUID) is logged only as a salted
+hash (:func:`hash_identifier`); the question text only when ``log_request_text`` is switched on.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
+import secrets
 import logging
 import sys
 from datetime import datetime, timezone
@@ -17,9 +20,30 @@ from typing import TextIO
 # Set by the transports for the duration of a request, so log lines from the core carry the id as well.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("medclm_request_id", default=None)
 
+# The access-log fields of the request being served (a dict the transport writes in its one access line);
+# the core adds to it through note_request without knowing the transport.
+request_log_fields_var: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medclm_request_log_fields",
+                                                                                     default=None)
+
 ALWAYS_FIELDS = ("request_id", "route", "status", "duration_ms")
 OPTIONAL_FIELDS = ("transport", "method", "request_bytes", "content_type", "image_bytes", "image_media_type",
-                   "model", "error_code")
+                   "model", "error_code", "modality", "study_hash", "question")
+IDENTIFIER_HASH_CHARS = 16
+_process_salt = secrets.token_bytes(16)  # used when no salt is configured: hashes link within one process only
+
+
+def hash_identifier(value: str, salt: str = "") -> str:
+    """A salted SHA-256 prefix of an identifier, so log lines about one study can be linked without the
+    identifier itself appearing. ``salt`` empty → a random per-process salt."""
+    key = salt.encode("utf-8") if salt else _process_salt
+    return hashlib.sha256(key + str(value).encode("utf-8")).hexdigest()[:IDENTIFIER_HASH_CHARS]
+
+
+def note_request(**fields) -> None:
+    """Add allow-listed fields to the current request's access log line (no-op outside a request)."""
+    target = request_log_fields_var.get()
+    if target is not None:
+        target.update({k: v for k, v in fields.items() if k in OPTIONAL_FIELDS})
 _HANDLER_MARK = "_medclm_json_handler"
 
 

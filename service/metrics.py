@@ -32,3 +32,13 @@ class ServiceMetrics:
         self.engine_ready = Gauge("medclm_engine_ready", "1 when the engine can serve", ["model"], registry=r)
         self.batch_size = Histogram("medclm_segmentation_batch_size", "Segmentation batch sizes", ["model"],
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
+        # Reliability: what the engines and admission gates hold right now, and what was stopped or restarted.
+        self.engine_running = Gauge("medclm_engine_running_requests",
+                                    "Requests inside the engine (vLLM: waiting or generating)", ["model"], registry=r)
+        self.engine_aborts = Counter("medclm_engine_aborts",
+                                     "Generations stopped before they finished (client gone, deadline, shutdown)",
+                                     ["model"], registry=r)
+        self.engine_restarts = Counter("medclm_engine_restarts",
+                                       "Engines (re)loaded by the supervisor after a failure", ["model"], registry=r)
+        self.admission = Gauge("medclm_admission_requests", "Admitted requests per admission gate and state",
+                               ["gate", "state"], registry=r)  # state: running | waiting

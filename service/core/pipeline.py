@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from training.data.anatomy import MODALITIES
+from training.medclm.export import model_name as vqa_model_name
 from training.medclm.prompts import build_messages
 
 from service.config import Settings
@@ -19,7 +21,8 @@ from service.core.admission import AdmissionGate
 from service.core.grounding import check_grounding
 from service.core.masks import organ_masks
 from service.core.output import parse_output
-from service.core.registry import RepositoryModel
+from service.core.registry import RepositoryModel, segmenter_model, vqa_model
+from service.core.supervisor import EngineSupervisor, Recoverable
 from service.core.types import (MASK_FORMATS, SEGMENTER_PRECISIONS, VQA_PRECISIONS, AskEvent, AskRequest,
                                 AskResult, DecodedImage, Finding, ModelInfo, SegmentRequest, SegmentResult,
                                 Timings, Usage)
@@ -28,6 +31,7 @@ from service.errors import ErrorCode, ServiceError, invalid
 from service.imaging.decode import decode_image
 from service.imaging.model_view import box_norm_to_px, model_view_image
 from service.imaging.windowing import ABDOMEN_WINDOW
+from service.logging import hash_identifier, note_request
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("medclm.pipeline")
@@ -77,37 +81,77 @@ class Pipeline:
                           for name in vqa_engines}
         self.segment_gate = AdmissionGate("the organ segmenter", settings.segment_max_running,
                                           settings.segment_max_waiting)
+        for gate_name, gate in [*self.vqa_gates.items(), ("segmentation", self.segment_gate)]:
+            self.metrics.admission.labels(gate=gate_name, state="running").set_function(
+                lambda g=gate: g.admitted - g.waiting)
+            self.metrics.admission.labels(gate=gate_name, state="waiting").set_function(lambda g=gate: g.waiting)
+        self.supervisor: EngineSupervisor | None = None
 
     # --- lifecycle ---
+    def _engines(self) -> dict[str, object]:
+        engines: dict[str, object] = dict(self.vqa_engines)
+        if self.segmentation is not None:
+            engines["segmentation"] = self.segmentation
+        return engines
+
     async def start(self) -> None:
-        """Start every engine; one that fails to start leaves the service up but not ready."""
-        engines = list(self.vqa_engines.values()) + ([self.segmentation] if self.segmentation else [])
-        results = await asyncio.gather(*(e.start() for e in engines), return_exceptions=True)
-        for engine, result in zip(engines, results):
+        """Start every engine; one that fails to start leaves the service up but not ready, and the
+        supervisor keeps trying to bring it (and any engine that goes down later) back."""
+        engines = self._engines()
+        results = await asyncio.gather(*(e.start() for e in engines.values()), return_exceptions=True)
+        for name, result in zip(engines, results):
             if isinstance(result, BaseException):
-                name = getattr(engine, "name", None) or getattr(engine, "engine", type(engine).__name__)
                 log.error("engine %s failed to start: %s", name, result)
                 self.problems.append(f"engine {name} failed to start: {result}")
         self._publish_readiness()
+        recoverable = {name: e for name, e in engines.items() if isinstance(e, Recoverable)}
+        if recoverable:
+            self.supervisor = EngineSupervisor(recoverable, self.metrics,
+                                               max_backoff_s=self.settings.recovery_max_backoff_s,
+                                               after_attempt=self.refresh_repository)
+            self.supervisor.start()
 
     async def close(self) -> None:
-        """Close every engine."""
-        engines = list(self.vqa_engines.values()) + ([self.segmentation] if self.segmentation else [])
-        await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
+        """Stop the supervisor, then close every engine."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await asyncio.gather(*(e.close() for e in self._engines().values()), return_exceptions=True)
+
+    def refresh_repository(self) -> None:
+        """Look again for configured models that were missing from the repository; add those now there."""
+        for precision in self.settings.vqa_variants:
+            name = vqa_model_name(self.settings.vqa_model, precision)
+            if name in self.vqa_engines and name not in self.vqa_models:
+                with contextlib.suppress(ServiceError):
+                    self.vqa_models[name] = vqa_model(self.settings.model_repository, self.settings.vqa_model,
+                                                      precision)
+        if self.segmentation is None:
+            return
+        for precision in self.settings.segmenter_variants:
+            for modality in MODALITIES:
+                try:
+                    model = segmenter_model(self.settings.model_repository, modality, precision)
+                except ServiceError:
+                    continue
+                self.segmenter_models.setdefault(model.name, model)
+        self._publish_readiness()
 
     def start_draining(self) -> None:
         """Stop admitting requests (readiness turns false); in-flight requests continue."""
         self.draining = True
+
+    def in_flight(self) -> int:
+        """Requests admitted and not finished yet (running or waiting for a slot), over every engine."""
+        return sum(g.admitted for g in self.vqa_gates.values()) + self.segment_gate.admitted
 
     def live(self) -> bool:
         """The process is up."""
         return True
 
     def ready(self) -> bool:
-        """Every engine can serve and the service is not draining."""
-        engines_ready = all(e.ready() for e in self.vqa_engines.values()) and (
-            self.segmentation is None or self.segmentation.ready())
-        return engines_ready and bool(self.vqa_engines) and not self.draining
+        """Every configured engine can serve (at least one is configured) and the service is not draining."""
+        engines = self._engines()
+        return bool(engines) and all(e.ready() for e in engines.values()) and not self.draining
 
     def _publish_readiness(self) -> None:
         for name, engine in self.vqa_engines.items():
@@ -137,6 +181,9 @@ class Pipeline:
             raise invalid(f"precision {request.precision!r} is not one of {', '.join(VQA_PRECISIONS)}", "precision")
         if request.model:
             model = self.vqa_models.get(request.model)
+            if model is None and request.model in self.vqa_engines:  # configured, missing from the repository
+                raise ServiceError(ErrorCode.UNAVAILABLE, f"model {request.model!r} is missing from the model "
+                                   "repository; the service loads it once it is there", "model", retry_after=5.0)
             if model is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, f"model {request.model!r} is not served; served VQA "
                                    f"models: {', '.join(self.vqa_models) or 'none'}", "model")
@@ -148,6 +195,9 @@ class Pipeline:
         for model in self.vqa_models.values():
             if model.precision == precision:
                 return model
+        if vqa_model_name(self.settings.vqa_model, precision) in self.vqa_engines:  # configured, not there yet
+            raise ServiceError(ErrorCode.UNAVAILABLE, f"the {precision} VQA model is missing from the model "
+                               "repository; the service loads it once it is there", retry_after=5.0)
         raise ServiceError(ErrorCode.NOT_FOUND, f"no {precision} VQA variant is served (served: "
                            f"{', '.join(m.precision for m in self.vqa_models.values()) or 'none'})", "precision")
 
@@ -176,7 +226,17 @@ class Pipeline:
         remaining_seconds(deadline)
         started = time.perf_counter()
         decoded = await asyncio.to_thread(decode_image, request_image, self.settings.max_image_pixels)
+        self._note_image(decoded)
         return decoded, time.perf_counter() - started
+
+    def _note_image(self, decoded: DecodedImage) -> None:
+        """Access-log fields about the image that carry no patient data: the modality, and the study only
+        as a salted hash (to link requests about one study without its UID)."""
+        fields = {"modality": decoded.modality}
+        study = getattr(decoded.dicom, "StudyInstanceUID", None) if decoded.dicom is not None else None
+        if study:
+            fields["study_hash"] = hash_identifier(str(study), self.settings.log_hash_salt.get_secret_value())
+        note_request(**fields)
 
     # --- VQA ---
     async def ask(self, request: AskRequest) -> AskResult:
@@ -193,6 +253,8 @@ class Pipeline:
         self._admit()
         request_id = request.request_id or uuid.uuid4().hex
         question = self._question(request.question)
+        if self.settings.log_request_text:  # off by default: a question may name the patient
+            note_request(question=question)
         model = self._vqa_model(request)
         params = self._params(request)
         engine = self.vqa_engines[model.name]

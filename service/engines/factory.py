@@ -11,11 +11,12 @@ from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 
 from training.data.anatomy import MODALITIES
+from training.medclm.export import model_name as vqa_model_name
 
 log = logging.getLogger("medclm.engines")
 
 
-def _vqa_engine(settings: Settings, name: str):
+def _vqa_engine(settings: Settings, name: str, metrics: ServiceMetrics):
     if settings.vqa_engine == "vllm-remote":
         from service.engines.vllm_remote import RemoteVllmEngine
 
@@ -25,7 +26,7 @@ def _vqa_engine(settings: Settings, name: str):
     from service.engines.vllm_local import LocalVllmEngine
 
     return LocalVllmEngine(settings.model_repository, name, threads=settings.vllm_threads,
-                           max_model_len=settings.vllm_max_model_len)
+                           max_model_len=settings.vllm_max_model_len, metrics=metrics)
 
 
 def _segmentation_engine(settings: Settings, metrics: ServiceMetrics, variants: list[str]):
@@ -48,8 +49,9 @@ def _segmentation_engine(settings: Settings, metrics: ServiceMetrics, variants: 
 def build_pipeline(settings: Settings, metrics: ServiceMetrics) -> Pipeline:
     """The pipeline with one VQA engine per served variant and one segmentation engine for all segmenters.
 
-    A model missing from the repository does not stop the service: it is reported as a problem and the
-    service stays not-ready (503 / UNAVAILABLE) until fixed, as a PACS-side operator would want to see.
+    A model missing from the repository does not stop the service: it is reported as a problem, its engine
+    is built anyway, and the service stays not-ready (503 / UNAVAILABLE) until the pipeline's supervisor
+    finds the files and loads them, as a PACS-side operator would want to see.
     """
     problems: list[str] = []
     vqa_models: dict[str, RepositoryModel] = {}
@@ -69,6 +71,8 @@ def build_pipeline(settings: Settings, metrics: ServiceMetrics) -> Pipeline:
                 problems.append(exc.message)
     for problem in problems:
         log.error("model repository problem: %s", problem)
-    engines = {name: _vqa_engine(settings, name) for name in vqa_models}
-    segmentation = _segmentation_engine(settings, metrics, settings.segmenter_variants) if segmenters else None
+    names = [vqa_model_name(settings.vqa_model, precision) for precision in settings.vqa_variants]
+    engines = {name: _vqa_engine(settings, name, metrics) for name in names}
+    segmentation = (_segmentation_engine(settings, metrics, settings.segmenter_variants)
+                    if settings.segmenter_variants else None)
     return Pipeline(settings, engines, vqa_models, segmentation, segmenters, metrics, problems)

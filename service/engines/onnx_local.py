@@ -12,6 +12,7 @@ UNAVAILABLE naming the problem; the process keeps running.
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from training.segmenter.onnx_segmenter import (PROBABILITIES, SegmenterContract,
 
 from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, restore_batch
 from service.metrics import ServiceMetrics
+
+log = logging.getLogger("medclm.engines.onnxruntime")
 
 
 def execution_providers() -> list[str]:
@@ -58,15 +61,29 @@ class OnnxSegmentationEngine(RepositorySegmentationEngine):
     async def start(self) -> None:
         """Load every served model; one that cannot be loaded is recorded as a problem (engine not ready)."""
         self.providers = execution_providers()
-        for name, modality in self.models.items():
-            try:
-                session, contract = await asyncio.to_thread(self._load, name, modality)
-            except SegmenterError as exc:
-                self._record_problem(name, str(exc))
-                continue
-            self.sessions[name], self.contracts[name] = session, contract
-            self._add_batcher(name, partial(self._infer, session, contract))
+        for name in self.models:
+            await self._load_into_service(name)
         self._started = True
+
+    async def _load_into_service(self, name: str) -> bool:
+        try:
+            session, contract = await asyncio.to_thread(self._load, name, self.models[name])
+        except SegmenterError as exc:
+            self._record_problem(name, str(exc))
+            return False
+        self.problems.pop(name, None)
+        self.sessions[name], self.contracts[name] = session, contract
+        self._add_batcher(name, partial(self._infer, session, contract))
+        return True
+
+    async def recover(self) -> None:
+        """Load again every model that could not be loaded (its file was missing or invalid): the engine is
+        ready once all of them load. No-op once closed."""
+        if self._closed or not self._started:
+            return
+        for name in list(self.problems):
+            if await self._load_into_service(name):
+                log.info("onnxruntime engine: model %s loaded", name)
 
     def ready(self) -> bool:
         """True once every served model is loaded, until :meth:`close`."""

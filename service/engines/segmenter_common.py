@@ -75,8 +75,9 @@ class RepositorySegmentationEngine:
         self._closed = False
 
     def _record_problem(self, name: str, message: str) -> None:
+        if self.problems.get(name) != message:  # retried by the supervisor: log each problem once
+            log.error("%s engine: model %s cannot be served: %s", self.engine, name, message)
         self.problems[name] = message
-        log.error("%s engine: model %s cannot be served: %s", self.engine, name, message)
 
     def _add_batcher(self, name: str, infer) -> None:
         size = repository_max_batch_size(self.model_repository / name, self.max_batch_size)

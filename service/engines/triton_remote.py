@@ -177,6 +177,24 @@ class TritonSegmentationEngine(RepositorySegmentationEngine):
         """True while Triton answers ready for every served model and each model's contract holds."""
         return self.models_ready() and self._up
 
+    async def recover(self) -> None:
+        """Read again the local contract files that were missing or invalid at start; Triton itself being
+        down needs nothing here (the readiness probe notices when it is back). No-op once closed."""
+        if self._closed or not self._started:
+            return
+        for name in [n for n in self.problems if n not in self.contracts]:
+            try:
+                contract = read_folder_contract(self.model_repository / name, self.models[name])
+            except SegmenterError as exc:
+                self._record_problem(name, str(exc))
+                continue
+            self.problems.pop(name, None)
+            self.contracts[name] = contract
+            self._add_batcher(name, partial(self._infer, name, contract))
+            log.info("triton engine: contract of %s read", name)
+        if self._wake is not None:
+            self._wake.set()  # probe now: the new models must be ready on the server too
+
     async def close(self) -> None:
         """Stop watching, stop the batchers, close the client connection."""
         await super().close()

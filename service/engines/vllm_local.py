@@ -29,6 +29,7 @@ from training.medclm.prompts import render_prompt
 
 from service.engines.base import GenerationChunk, GenerationParams
 from service.errors import ErrorCode, ServiceError
+from service.metrics import ServiceMetrics
 
 log = logging.getLogger("medclm.engines.vllm")
 RETRY_AFTER_S = 5.0
@@ -76,16 +77,21 @@ def shut_down(engine) -> None:
 class LocalVllmEngine:
     """:class:`service.engines.base.VqaEngine` over an in-process vLLM ``AsyncLLM``."""
 
-    def __init__(self, model_repository: Path, name: str, threads: int = 2, max_model_len: int | None = None):
+    def __init__(self, model_repository: Path, name: str, threads: int = 2, max_model_len: int | None = None,
+                 metrics: ServiceMetrics | None = None):
         self.model_repository = Path(model_repository)
         self.name = name
         self.threads = threads
         self.max_model_len = max_model_len
+        self.metrics = metrics
         self.engine = None  # vllm.v1.engine.async_llm.AsyncLLM once started
         self.tokenizer = None  # the checkpoint's tokenizer (chat template), once started
         self.fingerprint = ""
         self.engine_args: dict = {}
         self._closed = False
+        self._recovering = asyncio.Lock()
+        if metrics is not None:
+            metrics.engine_running.labels(model=name).set_function(self.running_requests)
 
     def _engine_args(self) -> dict:
         folder = self.model_repository / self.name
@@ -133,9 +139,27 @@ class LocalVllmEngine:
         return engine is not None and not self._closed and not engine.errored
 
     def running_requests(self) -> int:
-        """Requests the engine has not finished (waiting or generating); 0 when not started."""
+        """Requests the engine has not finished (waiting or generating); 0 when not started or dead."""
         engine = self.engine
-        return 0 if engine is None else engine.get_num_unfinished_requests()
+        if engine is None or engine.errored:
+            return 0
+        return engine.get_num_unfinished_requests()
+
+    async def recover(self) -> None:
+        """Bring a dead engine back: shut the dead ``AsyncLLM`` down (its engine-core process is gone) and
+        start a new one; start one that never started (e.g. the model appeared in the repository later).
+        No-op while ready or once closed; raises what the new start raises."""
+        async with self._recovering:
+            if self._closed or self.ready():
+                return
+            dead, self.engine = self.engine, None
+            if dead is not None:
+                log.warning("engine core of %s died; restarting it", self.name)
+                try:
+                    await asyncio.to_thread(shut_down, dead)
+                except Exception as exc:  # noqa: BLE001 - what is left of a dead engine may fail to stop
+                    log.warning("shutting down the dead engine of %s failed: %s", self.name, exc)
+            await self.start()
 
     def _unavailable(self) -> ServiceError:
         state = "closed" if self._closed else "not started" if self.engine is None else "down"
@@ -162,7 +186,7 @@ class LocalVllmEngine:
         inputs = {"prompt": prompt, "multi_modal_data": {"image": image}}
         stream = engine.generate(inputs, sampling, request_id)
         completion_tokens = 0
-        finished = False
+        finished = failed = False
         try:
             try:
                 async for output in stream:
@@ -173,6 +197,7 @@ class LocalVllmEngine:
                                           completion_tokens=completion_tokens, finished=finished,
                                           finish_reason=(completion.finish_reason or "stop") if finished else "")
             except Exception as exc:
+                failed = True
                 error = classify_vllm_error(exc, self.name)
                 if error is exc:
                     raise
@@ -183,6 +208,8 @@ class LocalVllmEngine:
             await stream.aclose()
             if not finished and not engine.errored:
                 await engine.abort(request_id)
+                if self.metrics is not None and not failed:  # stopped from outside, not refused by vLLM
+                    self.metrics.engine_aborts.labels(model=self.name).inc()
 
     async def abort(self, request_id: str) -> None:
         """Stop a running generation (its stream ends with finish reason "abort")."""

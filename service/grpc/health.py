@@ -47,12 +47,20 @@ class CoreHealthServicer(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
+    def draining(self) -> bool:
+        """The core is shutting down (a core without a ``draining`` flag never is)."""
+        return bool(getattr(self.core, "draining", False))
+
     async def Watch(self, request, context):
-        """The current status at once, then every change (polled every ``watch_poll_s`` seconds)."""
+        """The current status at once, then every change (polled every ``watch_poll_s`` seconds). Once the
+        core drains, the stream sends NOT_SERVING and ends: an open Watch must not hold the server's
+        shutdown for the whole grace period, and the watcher learns to go elsewhere."""
         last = None
         while True:
             status = self.status(request.service)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
+            if self.draining():
+                return
             await asyncio.sleep(self.watch_poll_s)

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from service.errors import GRPC_STATUS, INTERNAL_MESSAGE, ErrorCode, ServiceError
-from service.logging import request_id_var
+from service.logging import request_id_var, request_log_fields_var
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("medclm.grpc")
@@ -42,15 +42,20 @@ class RpcScope:
     log_fields: dict = field(default_factory=dict)  # allow-listed fields of service.logging (sizes, model)
 
 
-def request_id_from(context: grpc.aio.ServicerContext) -> str:
-    """The caller's ``x-request-id`` metadata reduced to at most 64 characters of ``[A-Za-z0-9._-]``; a
-    new uuid4 hex when there is none or nothing usable is left."""
-    for key, value in context.invocation_metadata() or ():
+def request_id_from_metadata(metadata) -> str:
+    """The ``x-request-id`` of invocation metadata reduced to at most 64 characters of ``[A-Za-z0-9._-]``;
+    a new uuid4 hex when there is none or nothing usable is left."""
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
             cleaned = _NOT_REQUEST_ID.sub("", value)[:MAX_REQUEST_ID_CHARS]
             if cleaned:
                 return cleaned
     return uuid.uuid4().hex
+
+
+def request_id_from(context: grpc.aio.ServicerContext) -> str:
+    """The caller's ``x-request-id`` (see :func:`request_id_from_metadata`)."""
+    return request_id_from_metadata(context.invocation_metadata())
 
 
 def deadline_from(context: grpc.aio.ServicerContext) -> float | None:
@@ -112,6 +117,7 @@ async def serve_rpc(route: str, metrics: ServiceMetrics, request, context: grpc.
                      log_fields={"request_bytes": request.ByteSize()})
     request_id = scope.request_id
     token = request_id_var.set(request_id)
+    fields_token = request_log_fields_var.set(scope.log_fields)
     record = _CallRecord(metrics, route, scope)
     try:
         await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
@@ -139,6 +145,7 @@ async def serve_rpc(route: str, metrics: ServiceMetrics, request, context: grpc.
                             trailing_metadata=(("error-code", ErrorCode.INTERNAL.value), ("request-id", request_id)))
     finally:
         record.finish("UNKNOWN")  # reached unfinished only by an exception outside Exception's family
+        request_log_fields_var.reset(fields_token)
         request_id_var.reset(token)
 
 

@@ -13,9 +13,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from service.auth import Authenticator
 from service.config import Settings
 from service.core.api import ServiceCore
 from service.http import ask, health, models, openai_chat, segment
+from service.http.auth import ApiKeyMiddleware
 from service.http.error_handlers import install_error_handlers
 from service.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from service.http.schemas import AskRequestBody, SegmentRequestBody
@@ -51,10 +53,13 @@ def openapi_schema(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
-def create_app(core: ServiceCore, settings: Settings, metrics: ServiceMetrics) -> FastAPI:
+def create_app(core: ServiceCore, settings: Settings, metrics: ServiceMetrics,
+               authenticator: Authenticator | None = None) -> FastAPI:
     """The HTTP application serving ``core``: ``/v1/ask``, ``/v1/ask/stream``, ``/v1/segment``,
     ``/v1/chat/completions``, ``/v1/models``, ``/health/live``, ``/health/ready``, ``/metrics``; OpenAPI
-    docs at ``/docs``. Starting and stopping the core's engines is the caller's job."""
+    docs at ``/docs``. API keys (``authenticator``, default built from ``settings``) guard every route but
+    the open ones. Starting and stopping the core's engines is the caller's job."""
+    authenticator = authenticator or Authenticator.from_settings(settings)
     app = FastAPI(title=TITLE, version=_version(), description=DESCRIPTION, docs_url="/docs",
                   openapi_url="/openapi.json", redoc_url=None)
     app.state.core = core
@@ -64,9 +69,11 @@ def create_app(core: ServiceCore, settings: Settings, metrics: ServiceMetrics) -
     install_error_handlers(app)
     for module in (ask, segment, openai_chat, models, health):
         app.include_router(module.router)
-    # add_middleware puts the latest one outermost: request context wraps the body limit, so a 413 sent by
-    # the limit is counted, logged and carries the request id.
+    # add_middleware puts the latest one outermost: request context wraps the key check and the body limit,
+    # so a 401/403/413 they send is counted, logged and carries the request id; the key check comes before
+    # the body limit, so an unauthenticated caller learns nothing about the limits.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeyMiddleware, authenticator=authenticator)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ErrorCode, ServiceError
 from service.http.error_handlers import CLIENT_CLOSED_REQUEST, error_response
-from service.logging import request_id_var
+from service.logging import request_id_var, request_log_fields_var
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("medclm.http")
@@ -80,6 +80,7 @@ class RequestContextMiddleware:
             await send(message)
 
         token = request_id_var.set(request_id)
+        fields_token = request_log_fields_var.set(state["log_fields"])
         in_flight = self.metrics.in_flight.labels(transport="http")
         in_flight.inc()
         started = time.perf_counter()
@@ -104,6 +105,7 @@ class RequestContextMiddleware:
                       "content_type": _media_type(headers.get("content-type")),
                       "request_bytes": state.get("request_bytes", 0), **state.get("log_fields", {})}
             log.log(logging.DEBUG if route in QUIET_ROUTES else logging.INFO, "request", extra=fields)
+            request_log_fields_var.reset(fields_token)
             request_id_var.reset(token)
 
 

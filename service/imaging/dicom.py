@@ -12,17 +12,20 @@ from __future__ import annotations
 import functools
 import io
 import math
+import time
 
 import numpy as np
 
 from service.core.types import DecodedImage
-from service.errors import ServiceError, invalid
+from service.errors import ErrorCode, ServiceError, invalid
 from service.imaging.windowing import scale_to_uint8, window_hounsfield
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 SERVICE_MODALITY = {"CT": "ct", "CR": "cxr", "DX": "cxr"}  # DICOM Modality → the service's modality names
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's "L" conversion
 DICOM_MAGIC_OFFSET = 128
+MAX_HEADER_READS = 250_000  # ~125 000 data elements; real headers need far fewer
+MAX_PARSE_SECONDS = 2.0  # the other bound of an element bomb: parsing time (real headers take milliseconds)
 
 # Attributes the display pipeline reads, copied into a per-frame header (see _frame_header).
 _DISPLAY_KEYWORDS = ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored",
@@ -37,18 +40,50 @@ _FUNCTIONAL_GROUPS = {
 }
 
 
+class _TooManyReads(Exception):
+    """The parser asked for more pieces of the file than any real header needs."""
+
+
+class _BoundedBytes(io.BytesIO):
+    """The file's bytes for pydicom, refusing to be read in more than :data:`MAX_HEADER_READS` pieces or for
+    longer than :data:`MAX_PARSE_SECONDS`.
+
+    pydicom reads each data element with one or two ``read`` calls and parses some 50 000 to 150 000
+    elements a second, so a few MiB of tiny or empty elements (zeros parse as such) would hold a worker
+    for minutes: an element bomb. Real headers, enhanced multi-frame ones included, stay far below both
+    bounds (pydicom's CT_small: 534 reads).
+    """
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.reads = 0
+        self.started = time.perf_counter()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS or (
+                self.reads % 1024 == 0 and time.perf_counter() - self.started > MAX_PARSE_SECONDS):
+            raise _TooManyReads()
+        return super().read(size)
+
+
 def read_dicom(data: bytes, *, stop_before_pixels: bool):
     """Parse a DICOM file (with or without the 128-byte preamble and 'DICM' marker) into a pydicom Dataset.
 
     A file without the marker is read with ``force=True`` and accepted only if it has image attributes
-    (Rows and Columns), so that arbitrary bytes are not mistaken for a dataset.
+    (Rows and Columns), so that arbitrary bytes are not mistaken for a dataset. A file that needs more than
+    :data:`MAX_HEADER_READS` reads to parse (an element bomb) is refused with PAYLOAD_TOO_LARGE.
     """
     import pydicom
 
     has_marker = data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not has_marker, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(_BoundedBytes(data), force=not has_marker, stop_before_pixels=stop_before_pixels)
         looks_like_image = has_marker or ("Rows" in ds and "Columns" in ds)
+    except _TooManyReads:
+        raise ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, "DICOM header holds too many data elements to parse "
+                           f"(the limit is about {MAX_HEADER_READS // 2} elements or {MAX_PARSE_SECONDS:g} s)",
+                           "image") from None
     except Exception as exc:  # pydicom raises many types for broken files
         raise invalid(f"image is not a readable DICOM file ({short_reason(exc)})", "image") from None
     if not looks_like_image:
