@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,7 @@ def _log_x(ax, x: list[float]) -> None:
 
 def plot_latency(levels: list[dict], path: Path, title: str = "") -> Path:
     """End-to-end p50/p90/p99 (and TTFT p50/p99 when streamed) in ms against the load level."""
-    plt = _pyplot()
+    plt = pyplot()
     x, label = _x(levels)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, name, style in (("median_e2el_ms", "e2e p50", "o-"), ("p90_e2el_ms", "e2e p90", "s--"),
@@ -51,7 +52,7 @@ def plot_latency(levels: list[dict], path: Path, title: str = "") -> Path:
 
 def plot_throughput(levels: list[dict], path: Path, title: str = "") -> Path:
     """Requests/s (and output tokens/s on a second axis when tokens were generated) against the load level."""
-    plt = _pyplot()
+    plt = pyplot()
     x, label = _x(levels)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [level["request_throughput"] for level in levels], "o-", color="tab:blue", label="requests/s")

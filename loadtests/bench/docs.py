@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loadtests.bench.common import REPO_ROOT
+
 PLOTS = "benchmarks"  # folder beside BENCHMARKS.md for the PNGs and the results JSON
+
+
+def _relative(path) -> str:
+    """``path`` relative to the repository when it lies inside it (docs must not carry this machine's paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except (TypeError, ValueError):
+        return str(path)
 
 
 def fmt(value, digits: int = 1, suffix: str = "") -> str:
@@ -227,7 +237,7 @@ def section_precision(results: dict) -> str:
         text.append(f"\n### MedCLM: accuracy of the trained default per precision\n\n"
                     f"From the evaluation script: `{acc['command']}` on {acc['records']} prompts of `{acc['data']}` "
                     f"({acc['split']} split), greedy, up to {acc['max_new_tokens']} new tokens. Checkpoint: "
-                    f"{acc['checkpoint'].get('source')} (stage {acc['checkpoint'].get('stage')}, preset "
+                    f"`{_relative(acc['checkpoint'].get('source'))}` (stage {acc['checkpoint'].get('stage')}, preset "
                     f"{acc['checkpoint'].get('preset')}).\n")
         rows = []
         for r in acc["rows"]:
@@ -381,7 +391,7 @@ def _notes(results: dict) -> str:
 
 # --- plots --------------------------------------------------------------------------------------------------
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,7 +401,7 @@ def _pyplot():
 
 
 def _plot_vqa(vqa: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = ["vLLM offline", "service gRPC", "transformers"]
     sources = [vqa["engine"], vqa["service"]["throughput"], vqa["transformers"]]
     ttfts = [vqa["engine"]["median_ttft_ms"], vqa["service"]["ttft"].get("median_ttft_ms"),
@@ -410,7 +420,7 @@ def _plot_segment(results: dict, path: Path) -> None:
     seg = results.get("segmenter") or {}
     if "batching_on" not in seg:
         return
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, levels, style in (("service, batching on", seg["batching_on"]["levels"], "o-"),
                                 ("service, batching off", (seg.get("batching_off") or {}).get("levels", []), "s--"),
@@ -435,7 +445,7 @@ def _plot_segment(results: dict, path: Path) -> None:
 
 
 def _plot_precision(results: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     seg, vqa, acc = results.get("segmenter") or {}, results.get("vqa") or {}, results.get("accuracy") or {}
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     if "bare" in seg:
@@ -456,7 +466,7 @@ def _plot_precision(results: dict, path: Path) -> None:
 
 
 def _plot_scaling(results: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     seg, vqa = results.get("segmenter") or {}, results.get("vqa") or {}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     sides = (seg.get("batching_on") or {}).get("sides") or {}
