@@ -51,7 +51,8 @@ def run_sections(config, work: Path, log: Log) -> dict:
         section_started = time.monotonic()
         results["section_runs"][section] = {
             "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_average_start": ", ".join(f"{v:.2f}" for v in os.getloadavg())}
+            "load_average_start": ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "first_in_run": section == sections[0]}  # its start load is others' load, not this run's
         try:
             if section == "vqa":
                 from loadtests.bench.vqa import run_vqa

@@ -23,7 +23,7 @@ from training.segmenter.export import INPUT_NAME, ort_session
 from training.segmenter.onnx_segmenter import (PROBABILITIES, SegmenterContract, check_io_contract, read_contract,
                                                session_signature)
 
-from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, restore_batch
+from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, split_batch
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger("medclm.engines.onnxruntime")
@@ -73,7 +73,7 @@ class OnnxSegmentationEngine(RepositorySegmentationEngine):
             return False
         self.problems.pop(name, None)
         self.sessions[name], self.contracts[name] = session, contract
-        self._add_batcher(name, partial(self._infer, session, contract))
+        self._add_batcher(name, partial(self._infer, session))
         return True
 
     async def recover(self) -> None:
@@ -90,10 +90,10 @@ class OnnxSegmentationEngine(RepositorySegmentationEngine):
         return self.models_ready()
 
     @staticmethod
-    def _infer(session, contract: SegmenterContract, items: list[PreparedImage]) -> list[np.ndarray]:
-        """One batched run (called in a worker thread): stack, run, split, restore each image's labels."""
+    def _infer(session, items: list[PreparedImage]) -> list[np.ndarray]:
+        """One batched run (called in a worker thread): stack, run, split into per-image probabilities."""
         probabilities = session.run([PROBABILITIES], {INPUT_NAME: RepositorySegmentationEngine.stack(items)})[0]
-        return restore_batch(probabilities, items, contract)
+        return split_batch(probabilities, len(items))
 
     async def close(self) -> None:
         """Stop the batchers and drop the sessions."""

@@ -43,18 +43,22 @@ def repository_max_batch_size(folder: Path, requested: int) -> int:
     return min(requested, declared) if declared > 0 else requested
 
 
-def restore_batch(probabilities: np.ndarray, items: list[PreparedImage],
-                  contract: SegmenterContract) -> list[np.ndarray]:
-    """Split a batch's ``probabilities`` [B,K,h,w] into one (H, W) global label map per image."""
-    return [global_labels(p, box, contract) for p, (_, box) in zip(probabilities, items)]
+def split_batch(probabilities: np.ndarray, expected: int) -> list[np.ndarray]:
+    """A batch's ``probabilities`` [B,K,h,w] as one [K,h,w] array per image (views, no copy)."""
+    if probabilities.ndim != 4 or probabilities.shape[0] != expected:
+        raise RuntimeError(f"the segmenter returned probabilities of shape {probabilities.shape} for a batch of "
+                           f"{expected}")
+    return list(probabilities)
 
 
 class RepositorySegmentationEngine:
     """Base of the segmentation engines (:class:`service.engines.base.SegmentationEngine`).
 
     Subclasses implement :meth:`start` (filling :attr:`contracts` or :attr:`problems` per model, then
-    :meth:`_add_batcher`) and an ``infer`` callable per model: ``list[PreparedImage] -> list[labels]``, plain
-    (run in a thread) or a coroutine function.
+    :meth:`_add_batcher`) and an ``infer`` callable per model: ``list[PreparedImage] -> list[probabilities]``,
+    plain (run in a thread) or a coroutine function. The network call is all a batch does: each request then
+    restores its own label map at its original size in a worker thread, so the next batch runs on one core
+    while the last batch's masks are restored on the other.
     """
 
     engine = ""
@@ -115,7 +119,8 @@ class RepositorySegmentationEngine:
             prepared = await asyncio.to_thread(prepare_input, pixels, contract)
         except SegmenterError as exc:
             raise invalid(f"the image cannot be segmented: {exc}", "image") from exc
-        return await self.batchers[model].submit(prepared, deadline)
+        probabilities = await self.batchers[model].submit(prepared, deadline)
+        return await asyncio.to_thread(global_labels, probabilities, prepared[1], contract)
 
     async def close(self) -> None:
         """Stop the batchers (waiting callers get UNAVAILABLE)."""

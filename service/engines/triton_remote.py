@@ -26,7 +26,7 @@ from training.segmenter.export import INPUT_NAME
 from training.segmenter.onnx_segmenter import (PROBABILITIES, SegmenterContract, check_io_contract,
                                                read_folder_contract)
 
-from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, restore_batch
+from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, split_batch
 from service.errors import ErrorCode, ServiceError
 from service.metrics import ServiceMetrics
 
@@ -165,7 +165,7 @@ class TritonSegmentationEngine(RepositorySegmentationEngine):
                 self._record_problem(name, str(exc))
                 continue
             self.contracts[name] = contract
-            self._add_batcher(name, partial(self._infer, name, contract))
+            self._add_batcher(name, partial(self._infer, name))
         self._client = (_GrpcTriton(self.url) if self.protocol == "grpc"
                         else _HttpTriton(self.url, self.request_timeout_s))
         self._wake = asyncio.Event()
@@ -190,7 +190,7 @@ class TritonSegmentationEngine(RepositorySegmentationEngine):
                 continue
             self.problems.pop(name, None)
             self.contracts[name] = contract
-            self._add_batcher(name, partial(self._infer, name, contract))
+            self._add_batcher(name, partial(self._infer, name))
             log.info("triton engine: contract of %s read", name)
         if self._wake is not None:
             self._wake.set()  # probe now: the new models must be ready on the server too
@@ -259,8 +259,8 @@ class TritonSegmentationEngine(RepositorySegmentationEngine):
                                                       f"{self._down_reason}", retry_after=RETRY_AFTER_S)
 
     # --- inference ---
-    async def _infer(self, name: str, contract: SegmenterContract, items: list[PreparedImage]) -> list[np.ndarray]:
-        """One batched Triton request, then each image's labels restored in a worker thread."""
+    async def _infer(self, name: str, items: list[PreparedImage]) -> list[np.ndarray]:
+        """One batched Triton request, split into per-image probabilities."""
         if self._client is None or not self._up:
             raise ServiceError(ErrorCode.UNAVAILABLE, f"Triton at {self.url} cannot serve {name}: "
                                                       f"{self._down_reason}", retry_after=RETRY_AFTER_S)
@@ -269,7 +269,7 @@ class TritonSegmentationEngine(RepositorySegmentationEngine):
                                                    self.request_timeout_s)
         except Exception as exc:
             raise self._classify(exc, name) from exc
-        return await asyncio.to_thread(restore_batch, probabilities, items, contract)
+        return split_batch(probabilities, len(items))
 
     def _classify(self, exc: Exception, name: str) -> Exception:
         """UNAVAILABLE for Triton being unreachable (and re-probe now) or refusing to run the model; any

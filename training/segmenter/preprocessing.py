@@ -126,6 +126,27 @@ def letterbox_labels(labels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def bilinear_taps(in_size: int, out_size: int, start: float, stop: float) -> tuple[np.ndarray, np.ndarray]:
+    """A bilinear resize of the source interval [start, stop) to ``out_size`` samples along one axis, as
+    (indices, weights), both (out_size, taps): output ``i`` is ``sum_t weights[i, t] * signal[indices[i, t]]``.
+
+    PIL's conventions (pixel centres, a triangle filter widened when shrinking, weights renormalised where the
+    filter leaves the image), so the result equals PIL's ``resize(..., BILINEAR, box=...)``. Rows with fewer
+    taps than the widest repeat their first tap with weight 0."""
+    scale = (stop - start) / out_size
+    support = max(scale, 1.0)  # the triangle's half-width in source pixels
+    centres = start + (np.arange(out_size) + 0.5) * scale
+    first = np.clip(np.floor(centres - support + 0.5), 0, in_size - 1).astype(int)
+    last = np.clip(np.floor(centres + support + 0.5), first + 1, in_size).astype(int)
+    indices = first[:, None] + np.arange(int((last - first).max()))[None, :]
+    unused = indices >= last[:, None]
+    weights = np.clip(1.0 - np.abs((indices + 0.5 - centres[:, None]) / support), 0.0, None)
+    weights[unused] = 0.0
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    indices[unused] = np.broadcast_to(first[:, None], indices.shape)[unused]
+    return indices, weights.astype(np.float32)
+
+
 def restore_labels(probabilities: np.ndarray, box: Letterbox) -> np.ndarray:
     """Network ``probabilities`` [K,H,W] → class-index mask [orig H, orig W] (uint8).
 
@@ -138,11 +159,30 @@ def restore_labels(probabilities: np.ndarray, box: Letterbox) -> np.ndarray:
                                                                               box.original_width):
         crop = probabilities[:, box.top:box.top + box.scaled_height, box.left:box.left + box.scaled_width]
         return crop.argmax(axis=0).astype(np.uint8)
-    # One resampling from the (possibly coarser) output grid straight to the original size; PIL's ``box``
-    # takes the fractional crop region in source coordinates.
-    region = (box.left * fx, box.top * fy, (box.left + box.scaled_width) * fx, (box.top + box.scaled_height) * fy)
-    size = (box.original_width, box.original_height)
-    resized = np.stack([np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(size, Image.BILINEAR,
-                                                                                          box=region))
-                        for c in probabilities])
-    return resized.argmax(axis=0).astype(np.uint8)
+    # A bilinear resize (PIL's, see bilinear_taps) of the letterbox region straight to the original size. A
+    # pixel is a convex combination of its taps' probability vectors, so where every tap has the same argmax
+    # the pixel has it too: only pixels near a class boundary (a few percent) need the K interpolated
+    # probabilities. Same labels as resizing every channel, several times less work per request.
+    row_idx, row_w = bilinear_taps(probabilities.shape[1], box.original_height, box.top * fy,
+                                   (box.top + box.scaled_height) * fy)
+    col_idx, col_w = bilinear_taps(probabilities.shape[2], box.original_width, box.left * fx,
+                                   (box.left + box.scaled_width) * fx)
+    coarse = probabilities.argmax(axis=0).astype(np.uint8)
+    taps_r, taps_c = row_idx.shape[1], col_idx.shape[1]
+    # Every output pixel's taps lie in the taps_r x taps_c window of the coarse grid starting at its first tap:
+    # mark the windows (edge-clamped, a superset near the border) that hold more than one class.
+    padded = np.pad(coarse, ((0, taps_r - 1), (0, taps_c - 1)), mode="edge")
+    window_mixed = np.zeros(coarse.shape, bool)
+    for r in range(taps_r):
+        for c in range(taps_c):
+            window_mixed |= padded[r:r + coarse.shape[0], c:c + coarse.shape[1]] != coarse
+    first = np.ix_(row_idx[:, 0], col_idx[:, 0])
+    labels, boundary = coarse[first], window_mixed[first]
+    ys, xs = np.nonzero(boundary)
+    if ys.size:
+        mixed = np.zeros((probabilities.shape[0], ys.size), np.float32)
+        for r in range(row_idx.shape[1]):
+            for c in range(col_idx.shape[1]):
+                mixed += probabilities[:, row_idx[ys, r], col_idx[xs, c]] * (row_w[ys, r] * col_w[xs, c])
+        labels[ys, xs] = mixed.argmax(axis=0)
+    return labels

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from training.segmenter.preprocessing import (PreprocessSpec, default_spec, letterbox_labels, plan_letterbox,
                                               preprocess_image, restore_labels)
@@ -40,3 +41,30 @@ def test_labels_survive_letterbox_and_restore():
 def test_spec_json_round_trip():
     spec = default_spec("ct")
     assert PreprocessSpec.from_json(spec.to_json()) == spec
+
+
+def _pil_restore(probabilities: np.ndarray, box) -> np.ndarray:
+    """Reference: resize every channel with PIL (bilinear, letterbox region as the box), then argmax."""
+    from PIL import Image
+
+    fy, fx = probabilities.shape[1] / box.input_height, probabilities.shape[2] / box.input_width
+    region = (box.left * fx, box.top * fy, (box.left + box.scaled_width) * fx, (box.top + box.scaled_height) * fy)
+    return np.stack([np.asarray(Image.fromarray(c, mode="F").resize((box.original_width, box.original_height),
+                                                                    Image.BILINEAR, box=region))
+                     for c in probabilities]).argmax(axis=0)
+
+
+@pytest.mark.parametrize("height, width, output_side", [(256, 256, 128), (512, 300, 128), (100, 700, 128),
+                                                       (60, 61, 128), (300, 512, 64), (700, 700, 256), (3, 5, 128)])
+def test_restored_labels_equal_resizing_every_channel(height, width, output_side):
+    """The boundary-only restoration gives the labels of a full per-channel bilinear resize, enlarging and
+    shrinking, with and without letterbox bars."""
+    rng = np.random.default_rng(height * width)
+    box = plan_letterbox(height, width, default_spec("cxr"))
+    logits = rng.normal(size=(6, output_side, output_side)).astype(np.float32)
+    for _ in range(3):  # smooth the noise into blobs, so there are regions and boundaries
+        logits = (logits + np.roll(logits, 1, 1) + np.roll(logits, 1, 2) + np.roll(logits, (1, 1), (1, 2))) / 4
+    probabilities = np.exp(8 * logits) / np.exp(8 * logits).sum(axis=0)
+    restored = restore_labels(probabilities.astype(np.float32), box)
+    assert restored.shape == (height, width) and restored.dtype == np.uint8
+    assert (restored == _pil_restore(probabilities.astype(np.float32), box)).mean() > 0.9999
