@@ -34,3 +34,43 @@ echo "import _torchvision_cpu_shim" > "$SITE/torchvision_cpu_shim.pth"
 test -x .venv-triton/bin/python || "$PYTHON" -m venv .venv-triton
 .venv-triton/bin/python -m pip install --quiet --upgrade pip
 .venv-triton/bin/python -m pip install --quiet "nvidia-pytriton==0.7.0" "onnxruntime>=1.20"
+
+# Orthanc and its DICOMweb plugin (Debian packages `orthanc`, `orthanc-dicomweb`): the real PACS that the
+# DICOMweb tests start on free ports of their own (tests/support/orthanc.py). Only the binaries are wanted, so
+# the packaged system service is kept from starting during the install (policy-rc.d, honoured by both
+# invoke-rc.d and deb-systemd-invoke), stopped if something started it anyway, and disabled.
+ORTHANC_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+install_orthanc() {
+  local sudo=() policy=/usr/sbin/policy-rc.d packages=(orthanc orthanc-dicomweb)
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "WARNING: apt-get not found; install Orthanc (>= 1.10) and its DICOMweb plugin yourself," \
+         "the PACS integration tests fail without them" >&2
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
+      echo "WARNING: not root and no sudo: cannot apt-get install ${packages[*]}; the PACS tests fail without them" >&2
+      return 0
+    fi
+  fi
+  if [ ! -e "$policy" ]; then
+    trap "${sudo[*]} rm -f $policy" EXIT  # never leave the machine unable to start services
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy"
+  fi
+  local apt_install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends)
+  "${apt_install[@]}" "${packages[@]}" \
+    || { "${sudo[@]}" apt-get update && "${apt_install[@]}" "${packages[@]}"; } \
+    || echo "WARNING: apt-get install ${packages[*]} failed; the PACS integration tests fail without them" >&2
+  if trap -p EXIT | grep -q "$policy"; then "${sudo[@]}" rm -f "$policy"; trap - EXIT; fi
+  if service orthanc status >/dev/null 2>&1; then "${sudo[@]}" service orthanc stop || true; fi
+  if command -v systemctl >/dev/null 2>&1; then "${sudo[@]}" systemctl disable orthanc >/dev/null 2>&1 || true; fi
+  local port
+  for port in 8042 4242; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "WARNING: something still listens on 127.0.0.1:$port (a system Orthanc?); the tests do not need it" >&2
+    fi
+  done
+}
+if ! { command -v Orthanc || test -x /usr/sbin/Orthanc; } >/dev/null 2>&1 || ! test -e "$ORTHANC_PLUGIN"; then
+  install_orthanc
+fi

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, ge=1, description="longest question")
     max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
+    # --- PACS (DICOMweb input by UIDs, STOW-RS of DICOM outputs) ---
+    dicomweb_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.1", "localhost", "::1"], description="hosts a request's DICOMweb base URL may name, comma-"
+                                                       "separated (the service fetches from them: keep it to your PACS)")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="timeout of one DICOMweb retrieve or store")
     # --- lifecycle ---
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish")
     recovery_max_backoff_s: float = Field(30.0, gt=0, description="longest wait between two attempts to reload "
@@ -82,7 +87,8 @@ class Settings(BaseSettings):
     log_hash_salt: SecretStr = Field(SecretStr(""), description="salt of hashed identifiers in logs (DICOM "
                                                                 "StudyInstanceUID); empty = random per process")
 
-    @field_validator("vqa_variants", "segmenter_variants", "api_keys", "open_routes", mode="before")
+    @field_validator("vqa_variants", "segmenter_variants", "api_keys", "open_routes", "dicomweb_allowed_hosts",
+                     mode="before")
     @classmethod
     def _split_commas(cls, value):
         """Lists come from the environment and CLI as comma-separated text."""

@@ -105,7 +105,7 @@ def section_vqa(results: dict, plots: Path) -> str:
     model = vqa["model"]
     engine, hf, service = vqa["engine"], vqa["transformers"], vqa["service"]
     thr = service["throughput"]
-    text = [f"\n## 4a / 4b. VQA serving: the service vs vLLM offline vs a transformers loop\n",
+    text = ["\n## 4a / 4b. VQA serving: the service vs vLLM offline vs a transformers loop\n",
             f"Model: a LLaVA with **random weights**, {model['parameters'] / 1e6:.1f}M parameters "
             f"(text {model['text_parameters'] / 1e6:.1f}M: 10 layers of 768; "
             f"vision {model['vision_parameters'] / 1e6:.1f}M; "
@@ -136,7 +136,7 @@ def section_vqa(results: dict, plots: Path) -> str:
                 f"client CPU {fmt(thr.get('client_cpu_percent'), 0)} %. Engine TTFT = `generate` of one request "
                 "with `max_tokens=1` (median); service TTFT = first streamed delta of `AskStream` seen by the "
                 "client (median). Peak RSS: the engine worker process, or the service's process tree.\n")
-    text.append(f"\n![VQA serving](benchmarks/vqa_serving.png)\n")
+    text.append("\n![VQA serving](benchmarks/vqa_serving.png)\n")
     _plot_vqa(vqa, plots / "vqa_serving.png")
     return "\n".join(text)
 

@@ -23,9 +23,9 @@ from service.core.masks import organ_masks
 from service.core.output import parse_output
 from service.core.registry import RepositoryModel, segmenter_model, vqa_model
 from service.core.supervisor import EngineSupervisor, Recoverable
-from service.core.types import (MASK_FORMATS, SEGMENTER_PRECISIONS, VQA_PRECISIONS, AskEvent, AskRequest,
-                                AskResult, DecodedImage, Finding, ModelInfo, SegmentRequest, SegmentResult,
-                                Timings, Usage)
+from service.core.types import (MASK_FORMATS, OUTPUT_FORMATS, SEGMENTER_PRECISIONS, VQA_PRECISIONS, AskEvent,
+                                AskRequest, AskResult, DecodedImage, DicomOutput, Finding, ImageInput, ModelInfo,
+                                SegmentRequest, SegmentResult, Timings, Usage)
 from service.engines.base import GenerationParams, SegmentationEngine, VqaEngine
 from service.errors import ErrorCode, ServiceError, invalid
 from service.imaging.decode import decode_image
@@ -33,6 +33,11 @@ from service.imaging.model_view import box_norm_to_px, model_view_image
 from service.imaging.windowing import ABDOMEN_WINDOW
 from service.logging import hash_identifier, note_request
 from service.metrics import ServiceMetrics
+from service.pacs.dicomweb import DicomWebAccess
+from service.pacs.outputs import check_output_formats, to_output, wants_dicom
+from service.pacs.seg import build_segmentation
+from service.pacs.source import ModelIdentity, check_source
+from service.pacs.sr import build_report
 
 log = logging.getLogger("medclm.pipeline")
 MAX_SEED = 2**63 - 1
@@ -86,6 +91,8 @@ class Pipeline:
                 lambda g=gate: g.admitted - g.waiting)
             self.metrics.admission.labels(gate=gate_name, state="waiting").set_function(lambda g=gate: g.waiting)
         self.supervisor: EngineSupervisor | None = None
+        self.dicomweb = DicomWebAccess(settings.dicomweb_allowed_hosts, settings.dicomweb_timeout_s,
+                                       settings.max_request_bytes)
 
     # --- lifecycle ---
     def _engines(self) -> dict[str, object]:
@@ -222,12 +229,52 @@ class Pipeline:
             raise invalid("question holds control characters", "question")
         return text
 
-    async def _decode(self, request_image, deadline: float | None) -> tuple[DecodedImage, float]:
+    def _output_formats(self, image: ImageInput, formats, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+        """The request's output formats, checked, and the image source checked against them: DICOM outputs
+        need a DICOM input, and a DICOMweb reference must name an allowed server and valid UIDs."""
+        chosen = check_output_formats(formats, allowed, what)
+        if image.dicomweb is not None:
+            if image.data:
+                raise invalid("give the image either as data or as a DICOMweb reference, not both", "image")
+            self.dicomweb.check(image.dicomweb)
+        elif wants_dicom(chosen) and image.media_type != "application/dicom":
+            raise invalid(f"{', '.join(f for f in chosen if f != 'json')} need a DICOM input; the image is "
+                          f"{image.media_type or 'of no declared type'}", "output_formats")
+        if image.dicomweb is not None and image.dicomweb.store_results and not wants_dicom(chosen):
+            raise invalid("store_results needs a DICOM output format (dicom-seg or dicom-sr) to store",
+                          "image.dicomweb.store_results")
+        return chosen
+
+    async def _decode(self, request_image: ImageInput, deadline: float | None) -> tuple[DecodedImage, float]:
         remaining_seconds(deadline)
         started = time.perf_counter()
+        if request_image.dicomweb is not None:  # WADO-RS first: the instance is the image
+            data = await self._within(deadline, self.dicomweb.retrieve_instance(request_image.dicomweb),
+                                      "while fetching the image by DICOMweb")
+            request_image = ImageInput(data=data, media_type="application/dicom", frame=request_image.frame,
+                                       modality=request_image.modality, dicomweb=request_image.dicomweb)
         decoded = await asyncio.to_thread(decode_image, request_image, self.settings.max_image_pixels)
         self._note_image(decoded)
         return decoded, time.perf_counter() - started
+
+    @staticmethod
+    async def _within(deadline: float | None, awaitable, what: str):
+        """``awaitable`` bounded by the request deadline (DEADLINE_EXCEEDED naming ``what`` when it passes)."""
+        try:
+            async with asyncio.timeout(remaining_seconds(deadline)):
+                return await awaitable
+        except TimeoutError as exc:
+            raise ServiceError(ErrorCode.DEADLINE_EXCEEDED, f"the request deadline passed {what}") from exc
+
+    async def _store(self, image: ImageInput, outputs: list[DicomOutput], deadline: float | None) -> None:
+        """STOW-RS the DICOM outputs back to the DICOMweb server the image came from, when asked to."""
+        reference = image.dicomweb
+        if reference is None or not reference.store_results or not outputs:
+            return
+        await self._within(deadline, self.dicomweb.store(reference.base_url, [o.data for o in outputs]),
+                           "while storing the results by DICOMweb")
+        for output in outputs:
+            output.stored = True
 
     def _note_image(self, decoded: DecodedImage) -> None:
         """Access-log fields about the image that carry no patient data: the modality, and the study only
@@ -257,6 +304,7 @@ class Pipeline:
             note_request(question=question)
         model = self._vqa_model(request)
         params = self._params(request)
+        formats = self._output_formats(request.image, request.output_formats, OUTPUT_FORMATS, "Ask")
         engine = self.vqa_engines[model.name]
         if not engine.ready():
             raise ServiceError(ErrorCode.UNAVAILABLE, f"model {model.name} is not ready", retry_after=5.0)
@@ -267,19 +315,24 @@ class Pipeline:
                 waited = time.perf_counter() - arrived
                 self.metrics.queue.labels(model=model.name).observe(waited)
                 async with contextlib.aclosing(self._generate(request, request_id, question, model, params, engine,
-                                                              arrived, waited)) as events:
+                                                              formats, arrived, waited)) as events:
                     async for event in events:
                         yield event
         finally:
             gate.release()
 
     async def _generate(self, request: AskRequest, request_id: str, question: str, model: RepositoryModel,
-                        params: GenerationParams, engine: VqaEngine, arrived: float, waited: float,
-                        ) -> AsyncIterator[AskEvent]:
+                        params: GenerationParams, engine: VqaEngine, formats: tuple[str, ...], arrived: float,
+                        waited: float) -> AsyncIterator[AskEvent]:
         decoded, preprocess = await self._decode(request.image, request.deadline)
         if decoded.modality not in model.modalities:
             raise invalid(f"modality {decoded.modality.upper()} is not supported by {model.name} (trained on "
                           f"{', '.join(m.upper() for m in model.modalities)})", "image")
+        seg_model = None
+        if "dicom-seg" in formats or (request.verify_grounding and self.segmentation is not None):
+            seg_model = self._segmenter_for(decoded.modality, "fp32", required="dicom-seg" in formats)
+        if wants_dicom(formats):  # refuse before generating, not after
+            check_source(decoded.dicom)
         image = model_view_image(decoded)
         messages = build_messages(question, reasoning=request.reasoning)
 
@@ -315,21 +368,45 @@ class Pipeline:
         parsed = parse_output(text)
         findings = [Finding(label=b.label, organ=b.organ, box_norm=b.box_norm,
                             box_px=box_norm_to_px(b.box_norm, decoded.width, decoded.height)) for b in parsed.boxes]
-        grounding = []
-        if request.verify_grounding and findings and self.segmentation is not None:
-            seg_model = self._segmenter_for(decoded.modality, "fp32", required=False)
-            if seg_model is not None:
-                started = time.perf_counter()
-                labels = await self.segmentation.segment(seg_model.name, segmenter_input(decoded), decoded.modality,
-                                                         request.deadline)
+        grounding, labels = [], None
+        verify = request.verify_grounding and bool(findings)
+        if seg_model is not None and (verify or "dicom-seg" in formats):
+            started = time.perf_counter()
+            labels = await self.segmentation.segment(seg_model.name, segmenter_input(decoded), decoded.modality,
+                                                     request.deadline)
+            if verify:
                 grounding = check_grounding(findings, labels)
-                timings.grounding_ms = _ms(time.perf_counter() - started)
-        timings.total_ms = _ms(time.perf_counter() - arrived)
-        yield AskEvent(result=AskResult(
+            timings.grounding_ms = _ms(time.perf_counter() - started)
+        result = AskResult(
             request_id=request_id, model=model.name, fingerprint=model.fingerprint, answer=parsed.answer,
             reasoning_steps=parsed.reasoning_steps, text=text, findings=findings, grounding=grounding, usage=usage,
             timings=timings, finish_reason=finish_reason or "stop", modality=decoded.modality,
-            width=decoded.width, height=decoded.height))
+            width=decoded.width, height=decoded.height)
+        if wants_dicom(formats):
+            result.dicom_outputs = await asyncio.to_thread(
+                self._ask_outputs, formats, decoded, request, question, result, labels, seg_model)
+            await self._store(request.image, result.dicom_outputs, request.deadline)
+        timings.total_ms = _ms(time.perf_counter() - arrived)
+        yield AskEvent(result=result)
+
+    @staticmethod
+    def _ask_outputs(formats: tuple[str, ...], decoded: DecodedImage, request: AskRequest, question: str,
+                     result: AskResult, labels, seg_model: RepositoryModel | None) -> list[DicomOutput]:
+        """The DICOM objects an Ask asked for, in request order: the SR of the answer, the SEG of the organs."""
+        outputs = []
+        for name in formats:
+            if name == "dicom-sr":
+                report = build_report(decoded.dicom, question=question, answer=result.answer,
+                                      reasoning_steps=result.reasoning_steps, findings=result.findings,
+                                      modality=decoded.modality, model=ModelIdentity(result.model, result.fingerprint),
+                                      frame=request.image.frame)
+                outputs.append(to_output(name, report))
+            elif name == "dicom-seg" and seg_model is not None and labels is not None:
+                segmentation = build_segmentation(decoded.dicom, labels, decoded.modality,
+                                                  ModelIdentity(seg_model.name, seg_model.fingerprint),
+                                                  frame=request.image.frame)
+                outputs.append(to_output(name, segmentation))
+        return outputs
 
     # --- segmentation ---
     def _segmenter_for(self, modality: str, precision: str, required: bool = True) -> RepositoryModel | None:
@@ -356,6 +433,7 @@ class Pipeline:
         if request.mask_format not in MASK_FORMATS:
             raise invalid(f"mask_format {request.mask_format!r} is not one of {', '.join(MASK_FORMATS)}",
                           "mask_format")
+        formats = self._output_formats(request.image, request.output_formats, ("json", "dicom-seg"), "Segment")
         if request.model and request.model not in self.segmenter_models:
             raise ServiceError(ErrorCode.NOT_FOUND, f"model {request.model!r} is not served", "model")
         if self.segmentation is None or not self.segmentation.ready():
@@ -363,12 +441,15 @@ class Pipeline:
         self.segment_gate.admit()
         try:
             async with self.segment_gate.running(request.deadline):
-                return await self._segment(request, request_id, arrived)
+                return await self._segment(request, request_id, formats, arrived)
         finally:
             self.segment_gate.release()
 
-    async def _segment(self, request: SegmentRequest, request_id: str, arrived: float) -> SegmentResult:
+    async def _segment(self, request: SegmentRequest, request_id: str, formats: tuple[str, ...], arrived: float,
+                       ) -> SegmentResult:
         decoded, preprocess = await self._decode(request.image, request.deadline)
+        if wants_dicom(formats):
+            check_source(decoded.dicom)
         if request.model:
             model = self.segmenter_models[request.model]
             if decoded.modality not in model.modalities:
@@ -382,8 +463,15 @@ class Pipeline:
         engine_seconds = time.perf_counter() - started
         self.metrics.engine.labels(model=model.name).observe(engine_seconds)
         organs = await asyncio.to_thread(organ_masks, labels, decoded.pixel_spacing_mm, request.mask_format)
+        outputs: list[DicomOutput] = []
+        if "dicom-seg" in formats:
+            segmentation = await asyncio.to_thread(build_segmentation, decoded.dicom, labels, decoded.modality,
+                                                   ModelIdentity(model.name, model.fingerprint), request.image.frame)
+            outputs.append(to_output("dicom-seg", segmentation))
+            await self._store(request.image, outputs, request.deadline)
         timings = Timings(preprocess_ms=_ms(preprocess), engine_ms=_ms(engine_seconds),
                           total_ms=_ms(time.perf_counter() - arrived))
         return SegmentResult(request_id=request_id, model=model.name, fingerprint=model.fingerprint,
                              modality=decoded.modality, width=decoded.width, height=decoded.height,
-                             pixel_spacing_mm=decoded.pixel_spacing_mm, organs=organs, labels=labels, timings=timings)
+                             pixel_spacing_mm=decoded.pixel_spacing_mm, organs=organs, labels=labels, timings=timings,
+                             dicom_outputs=outputs)

@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.pacs.dicomweb import DicomWebReference
+
 MEDIA_TYPES = ("image/png", "image/jpeg", "application/dicom")
 VQA_PRECISIONS = ("fp32", "bf16", "int8")
 SEGMENTER_PRECISIONS = ("fp32", "fp16", "int8")
 MASK_FORMATS = ("png", "rle")
+DICOM_FORMATS = ("dicom-seg", "dicom-sr")
+OUTPUT_FORMATS = ("json", *DICOM_FORMATS)
 
 
 @dataclass
@@ -24,6 +28,7 @@ class ImageInput:
     media_type: str
     frame: int = 0
     modality: str = ""  # caller's hint for PNG/JPEG ("ct" | "cxr"); DICOM's own Modality tag always wins
+    dicomweb: DicomWebReference | None = None  # fetch the DICOM instance by WADO-RS instead of ``data``
 
 
 @dataclass
@@ -68,6 +73,7 @@ class AskRequest:
     temperature: float = 0.0
     seed: int | None = None
     verify_grounding: bool = True
+    output_formats: tuple[str, ...] = ("json",)  # any of OUTPUT_FORMATS; DICOM ones need a DICOM input
     request_id: str = ""
     deadline: float | None = None  # time.monotonic() by which the result is due; None = no deadline
 
@@ -115,6 +121,18 @@ class Timings:
 
 
 @dataclass
+class DicomOutput:
+    """One DICOM object the service derived from a DICOM input (Part-10 bytes plus its identity)."""
+
+    format: str  # "dicom-seg" | "dicom-sr"
+    data: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    stored: bool = False  # stored back to the DICOMweb server the input came from (STOW-RS)
+
+
+@dataclass
 class AskResult:
     """The answer to an :class:`AskRequest`."""
 
@@ -132,6 +150,7 @@ class AskResult:
     modality: str
     width: int
     height: int
+    dicom_outputs: list[DicomOutput] = field(default_factory=list)  # the requested dicom-* formats, in order
 
 
 @dataclass
@@ -150,6 +169,7 @@ class SegmentRequest:
     model: str = ""  # "" = organ_seg_<modality>[_<precision>] chosen from the image
     precision: str = ""  # "" = fp32
     mask_format: str = "png"  # png | rle
+    output_formats: tuple[str, ...] = ("json",)  # "json" and/or "dicom-seg" (DICOM input only)
     request_id: str = ""
     deadline: float | None = None
 
@@ -181,6 +201,7 @@ class SegmentResult:
     organs: list[OrganMask]
     labels: np.ndarray  # (H, W) uint8 global organ labels at the original size (kept for DICOM SEG)
     timings: Timings
+    dicom_outputs: list[DicomOutput] = field(default_factory=list)  # the DICOM SEG when asked for
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from training.segmenter.errors import SegmenterError
 from training.segmenter.export import INPUT_NAME
-from training.segmenter.onnx_segmenter import (PROBABILITIES, SegmenterContract, check_io_contract,
+from training.segmenter.onnx_segmenter import (PROBABILITIES, check_io_contract,
                                                read_folder_contract)
 
 from service.engines.segmenter_common import PreparedImage, RepositorySegmentationEngine, split_batch

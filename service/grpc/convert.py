@@ -1,39 +1,37 @@
 """Wire ↔ core: the only place protobuf messages become ``service.core.types`` dataclasses and back.
 
 Converters translate and nothing more: values (media types, precisions, ranges) are checked by the core,
-so an unknown enum number or media type string is passed through for the core to reject with its own
-message. The one exception is ``output_formats``, which the core's request has no place for yet.
+so an unknown enum number or media type string (or output format) is passed through for the core to reject
+with its own message.
 """
 
 from __future__ import annotations
 
-from service.core.types import (AskEvent, AskRequest, AskResult, Finding, GroundingCheck, ImageInput, ModelInfo,
-                                OrganMask, SegmentRequest, SegmentResult, Timings, Usage)
-from service.errors import invalid
+from service.core.types import (AskEvent, AskRequest, AskResult, DicomOutput, Finding, GroundingCheck, ImageInput,
+                                ModelInfo, OrganMask, SegmentRequest, SegmentResult, Timings, Usage)
 from service.grpc.gen import medclm_pb2 as pb
+from service.pacs.dicomweb import DicomWebReference
 
-# Formats the core can produce today; "dicom-seg" / "dicom-sr" join once the core writes them.
-SUPPORTED_OUTPUT_FORMATS = ("json",)
 _MASK_FORMATS = {pb.MASK_FORMAT_UNSPECIFIED: "png", pb.MASK_FORMAT_PNG: "png", pb.MASK_FORMAT_RLE: "rle"}
 
 
 def image_from_pb(message: pb.Image) -> ImageInput:
-    """The wire image as the core's :class:`ImageInput` (bytes, media type, frame, modality hint)."""
-    return ImageInput(data=bytes(message.data), media_type=message.media_type, frame=int(message.frame),
-                      modality=message.modality)
-
-
-def _check_output_formats(formats) -> None:
-    for index, name in enumerate(formats):
-        if name not in SUPPORTED_OUTPUT_FORMATS:
-            raise invalid(f"output format {name!r} is not supported yet (supported: "
-                          f"{', '.join(SUPPORTED_OUTPUT_FORMATS)})", f"output_formats[{index}]")
+    """The wire image as the core's :class:`ImageInput` (bytes or a DICOMweb reference, media type, frame,
+    modality hint). A DICOMweb image is DICOM by definition."""
+    reference = None
+    if message.HasField("dicomweb"):
+        ref = message.dicomweb
+        reference = DicomWebReference(base_url=ref.base_url, study_instance_uid=ref.study_instance_uid,
+                                      series_instance_uid=ref.series_instance_uid,
+                                      sop_instance_uid=ref.sop_instance_uid, store_results=ref.store_results)
+    media_type = message.media_type or ("application/dicom" if reference is not None else "")
+    return ImageInput(data=bytes(message.data), media_type=media_type, frame=int(message.frame),
+                      modality=message.modality, dicomweb=reference)
 
 
 def ask_request_from_pb(message: pb.AskRequest, request_id: str = "", deadline: float | None = None) -> AskRequest:
     """An :class:`AskRequest` from the wire. Unset optionals take the core's defaults: max_tokens 0 (server
     default), temperature 0, no seed, verify_grounding true; ``brief`` is the inverse of ``reasoning``."""
-    _check_output_formats(message.output_formats)
     return AskRequest(
         image=image_from_pb(message.image),
         question=message.question,
@@ -44,6 +42,7 @@ def ask_request_from_pb(message: pb.AskRequest, request_id: str = "", deadline: 
         temperature=float(message.temperature) if message.HasField("temperature") else 0.0,
         seed=int(message.seed) if message.HasField("seed") else None,
         verify_grounding=bool(message.verify_grounding) if message.HasField("verify_grounding") else True,
+        output_formats=tuple(message.output_formats),
         request_id=request_id,
         deadline=deadline,
     )
@@ -85,7 +84,15 @@ def ask_result_to_pb(result: AskResult) -> pb.AskResponse:
         findings=[finding_to_pb(f) for f in result.findings],
         grounding=[grounding_to_pb(g) for g in result.grounding],
         usage=usage_to_pb(result.usage), timings=timings_to_pb(result.timings),
-        finish_reason=result.finish_reason, modality=result.modality, width=result.width, height=result.height)
+        finish_reason=result.finish_reason, modality=result.modality, width=result.width, height=result.height,
+        dicom_outputs=[dicom_output_to_pb(o) for o in result.dicom_outputs])
+
+
+def dicom_output_to_pb(output: DicomOutput) -> pb.DicomObject:
+    """A derived DICOM object: the Part-10 bytes and the UIDs that identify it."""
+    return pb.DicomObject(format=output.format, data=output.data, sop_class_uid=output.sop_class_uid,
+                          sop_instance_uid=output.sop_instance_uid, series_instance_uid=output.series_instance_uid,
+                          stored=output.stored)
 
 
 def ask_event_to_pb(event: AskEvent) -> pb.AskEvent:
@@ -101,7 +108,8 @@ def segment_request_from_pb(message: pb.SegmentRequest, request_id: str = "",
     build does not know is passed on as its decimal text for the core to reject."""
     mask_format = _MASK_FORMATS.get(message.mask_format, str(message.mask_format))
     return SegmentRequest(image=image_from_pb(message.image), model=message.model, precision=message.precision,
-                          mask_format=mask_format, request_id=request_id, deadline=deadline)
+                          mask_format=mask_format, output_formats=tuple(message.output_formats),
+                          request_id=request_id, deadline=deadline)
 
 
 def organ_to_pb(organ: OrganMask) -> pb.Organ:
@@ -120,7 +128,7 @@ def segment_result_to_pb(result: SegmentResult) -> pb.SegmentResponse:
     message = pb.SegmentResponse(
         request_id=result.request_id, model=result.model, fingerprint=result.fingerprint, modality=result.modality,
         width=result.width, height=result.height, organs=[organ_to_pb(o) for o in result.organs],
-        timings=timings_to_pb(result.timings))
+        timings=timings_to_pb(result.timings), dicom_outputs=[dicom_output_to_pb(o) for o in result.dicom_outputs])
     if result.pixel_spacing_mm is not None:
         row, column = result.pixel_spacing_mm
         message.pixel_spacing_mm.CopyFrom(pb.PixelSpacing(row_mm=row, column_mm=column))

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from service.core.types import AskEvent, AskRequest
-from service.errors import ErrorCode, ServiceError
+from service.errors import ErrorCode, ServiceError, invalid
+from service.http.dicom_response import DICOM_CONTENT, result_response
 from service.http.dependencies import core_of, request_id
 from service.http.error_handlers import error_response
 from service.http.parsing import image_request_openapi, read_image_request, request_deadline
 from service.http.schemas import ERROR_RESPONSES, AskOptions, AskRequestBody, AskResponseBody
 from service.http.streaming import (EventStreamResponse, close_quietly, first_item, sse_event,
                                     unless_disconnected)
+from service.pacs.outputs import wants_dicom
 
 log = logging.getLogger("medclm.http")
 router = APIRouter(tags=["vqa"])
@@ -28,13 +30,16 @@ async def read_ask_request(request: Request) -> AskRequest:
     return options.to_core(image, request_id(request), request_deadline(request, options.timeout_s))
 
 
-@router.post("/v1/ask", response_model=AskResponseBody, responses=ERROR_RESPONSES, openapi_extra=ASK_BODY,
+@router.post("/v1/ask", response_model=AskResponseBody,
+             responses={200: {"content": DICOM_CONTENT}, **ERROR_RESPONSES}, openapi_extra=ASK_BODY,
              summary="Answer a question about an image, with reasoning, boxes and the grounding check")
-async def ask(request: Request) -> AskResponseBody:
-    """JSON (``image.data_base64``) or multipart (file part ``image`` plus the option fields)."""
+async def ask(request: Request) -> AskResponseBody | Response:
+    """JSON (``image.data_base64`` or ``image.dicomweb``) or multipart (file part ``image`` plus the option
+    fields). With DICOM output formats the answer is ``application/dicom`` or ``multipart/related``
+    (service.http.dicom_response)."""
     ask_request = await read_ask_request(request)
     result = await unless_disconnected(request, core_of(request).ask(ask_request))
-    return AskResponseBody.from_core(result)
+    return result_response(AskResponseBody.from_core(result), result.dicom_outputs, ask_request.output_formats)
 
 
 @router.post("/v1/ask/stream", response_class=EventStreamResponse, openapi_extra=ASK_BODY,
@@ -46,6 +51,8 @@ async def ask(request: Request) -> AskResponseBody:
 async def ask_stream(request: Request) -> EventStreamResponse:
     """Errors found before the first event get their HTTP status; later ones arrive as ``event: error``."""
     ask_request = await read_ask_request(request)
+    if wants_dicom(ask_request.output_formats):
+        raise invalid("the event stream carries JSON only; ask POST /v1/ask for DICOM outputs", "output_formats")
     events = core_of(request).ask_stream(ask_request)
     first = await first_item(request, events)
     return EventStreamResponse(_ask_events(first, events, request_id(request)))

@@ -13,12 +13,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core.types import (AskRequest, AskResult, Finding, GroundingCheck, ImageInput, ModelInfo, OrganMask,
-                                SegmentRequest, SegmentResult, Timings, Usage)
+from service.core.types import (AskRequest, AskResult, DicomOutput, Finding, GroundingCheck, ImageInput, ModelInfo,
+                                OrganMask, SegmentRequest, SegmentResult, Timings, Usage)
 from service.errors import invalid
+from service.pacs.dicomweb import DicomWebReference
 
 MediaType = Literal["image/png", "image/jpeg", "application/dicom"]
 ModalityHint = Literal["", "ct", "cxr"]
+AskOutputFormat = Literal["json", "dicom-sr", "dicom-seg"]
+SegmentOutputFormat = Literal["json", "dicom-seg"]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_MAGIC_AT, _DICOM_MAGIC = 128, b"DICM"  # after the 128-byte preamble of a DICOM Part 10 file
@@ -69,13 +72,39 @@ class ImageOptions(BaseModel):
         return ImageInput(data=data, media_type=media_type, frame=self.frame, modality=self.modality)
 
 
-class ImageBody(ImageOptions):
-    """An image inside a JSON body, as base64."""
+class DicomWebBody(BaseModel):
+    """A DICOM instance on a DICOMweb server (one the service allows), fetched by WADO-RS."""
 
-    data_base64: str = Field(..., description="the image file (PNG, JPEG or DICOM) in base64")
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(..., description="DICOMweb base URL, e.g. http://pacs.local:8042/dicom-web")
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    store_results: bool = Field(False, description="store the DICOM outputs back to the same server (STOW-RS)")
+
+    def to_core(self) -> DicomWebReference:
+        """The core's reference (checked by the core: allowed host, valid UIDs)."""
+        return DicomWebReference(**self.model_dump())
+
+
+class ImageBody(ImageOptions):
+    """An image inside a JSON body: the file in base64, or a DICOMweb reference."""
+
+    data_base64: str | None = Field(None, description="the image file (PNG, JPEG or DICOM) in base64")
+    dicomweb: DicomWebBody | None = Field(None, description="fetch the image by WADO-RS instead of data_base64")
 
     def to_core(self) -> ImageInput:
-        """Decoded bytes as the core's :class:`ImageInput`; INVALID_ARGUMENT on ``image.data_base64``."""
+        """The core's :class:`ImageInput`; INVALID_ARGUMENT on ``image.data_base64`` (bad base64, or neither
+        it nor ``image.dicomweb`` given, or both)."""
+        if self.dicomweb is not None:
+            if self.data_base64:
+                raise invalid("give image.data_base64 or image.dicomweb, not both", "image.data_base64")
+            return ImageInput(data=b"", media_type="application/dicom", frame=self.frame, modality=self.modality,
+                              dicomweb=self.dicomweb.to_core())
+        if self.data_base64 is None:
+            raise invalid("the image needs data_base64 (the file) or dicomweb (a DICOMweb reference)",
+                          "image.data_base64")
         return self.with_data(decode_base64(self.data_base64, "image.data_base64"))
 
 
@@ -170,15 +199,17 @@ class AskOptions(BaseModel):
     temperature: float = Field(0.0, description="sampling temperature; 0 = greedy")
     seed: int | None = Field(None, description="sampling seed")
     verify_grounding: bool = Field(True, description="check each returned box against the organ segmenter")
-    output_formats: list[Literal["json"]] = Field(["json"], description="result formats; only json for now")
+    output_formats: list[AskOutputFormat] = Field(
+        ["json"], description="json, dicom-sr (TID 1500 report), dicom-seg (organ SEG); DICOM ones need a DICOM "
+                              "input and make the response application/dicom (one object) or multipart/related")
     timeout_s: float | None = Field(None, gt=0, description="deadline in seconds (or header X-Request-Timeout)")
 
     def to_core(self, image: ImageInput, request_id: str = "", deadline: float | None = None) -> AskRequest:
         """The core's :class:`AskRequest` for ``image``."""
         return AskRequest(image=image, question=self.question, model=self.model, precision=self.precision,
                           reasoning=not self.brief, max_tokens=self.max_tokens or 0, temperature=self.temperature,
-                          seed=self.seed, verify_grounding=self.verify_grounding, request_id=request_id,
-                          deadline=deadline)
+                          seed=self.seed, verify_grounding=self.verify_grounding,
+                          output_formats=tuple(self.output_formats), request_id=request_id, deadline=deadline)
 
 
 class AskRequestBody(AskOptions):
@@ -225,6 +256,23 @@ class GroundingBody(BaseModel):
                    claimed_overlap=check.claimed_overlap, consistent=check.consistent)
 
 
+class DicomOutputBody(BaseModel):
+    """A DICOM object of the response: which part of the multipart body holds it, and its identity."""
+
+    format: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    stored: bool = Field(description="stored back to the DICOMweb server the image came from")
+    size_bytes: int
+
+    @classmethod
+    def from_core(cls, output: DicomOutput) -> DicomOutputBody:
+        """From the core's :class:`DicomOutput` (its bytes travel as their own body part)."""
+        return cls(format=output.format, sop_class_uid=output.sop_class_uid, sop_instance_uid=output.sop_instance_uid,
+                   series_instance_uid=output.series_instance_uid, stored=output.stored, size_bytes=len(output.data))
+
+
 class AskResponseBody(BaseModel):
     """The answer: reasoning steps, answer, findings in original pixels, grounding check, usage, timings."""
 
@@ -242,6 +290,7 @@ class AskResponseBody(BaseModel):
     modality: str
     width: int
     height: int
+    dicom_outputs: list[DicomOutputBody] = Field([], description="the DICOM parts that follow this JSON part")
 
     @classmethod
     def from_core(cls, result: AskResult) -> AskResponseBody:
@@ -252,7 +301,7 @@ class AskResponseBody(BaseModel):
                    grounding=[GroundingBody.from_core(g) for g in result.grounding],
                    usage=UsageBody.from_core(result.usage), timings=TimingsBody.from_core(result.timings),
                    finish_reason=result.finish_reason, modality=result.modality, width=result.width,
-                   height=result.height)
+                   height=result.height, dicom_outputs=[DicomOutputBody.from_core(o) for o in result.dicom_outputs])
 
 
 # --- /v1/segment ---
@@ -266,12 +315,16 @@ class SegmentOptions(BaseModel):
     precision: str = Field("", description="fp32, fp16 or int8; empty = fp32")
     mask_format: Literal["png", "rle"] = Field("png", description="png = one base64 PNG per organ (0/255); "
                                                                   "rle = row-major run lengths, first run outside")
+    output_formats: list[SegmentOutputFormat] = Field(
+        ["json"], description="json and/or dicom-seg (DICOM input only; the response is then application/dicom "
+                              "or multipart/related)")
     timeout_s: float | None = Field(None, gt=0, description="deadline in seconds (or header X-Request-Timeout)")
 
     def to_core(self, image: ImageInput, request_id: str = "", deadline: float | None = None) -> SegmentRequest:
         """The core's :class:`SegmentRequest` for ``image``."""
         return SegmentRequest(image=image, model=self.model, precision=self.precision,
-                              mask_format=self.mask_format, request_id=request_id, deadline=deadline)
+                              mask_format=self.mask_format, output_formats=tuple(self.output_formats),
+                              request_id=request_id, deadline=deadline)
 
 
 class SegmentRequestBody(SegmentOptions):
@@ -318,6 +371,7 @@ class SegmentResponseBody(BaseModel):
     mask_format: str
     organs: list[OrganMaskBody]
     timings: TimingsBody
+    dicom_outputs: list[DicomOutputBody] = Field([], description="the DICOM parts that follow this JSON part")
 
     @classmethod
     def from_core(cls, result: SegmentResult, mask_format: str) -> SegmentResponseBody:
@@ -326,7 +380,8 @@ class SegmentResponseBody(BaseModel):
                    modality=result.modality, width=result.width, height=result.height,
                    pixel_spacing_mm=result.pixel_spacing_mm, mask_format=mask_format,
                    organs=[OrganMaskBody.from_core(o, mask_format) for o in result.organs],
-                   timings=TimingsBody.from_core(result.timings))
+                   timings=TimingsBody.from_core(result.timings),
+                   dicom_outputs=[DicomOutputBody.from_core(o) for o in result.dicom_outputs])
 
 
 # --- /v1/models ---

@@ -4,7 +4,6 @@ generated gRPC stubs, httpx, the `openai` client, real DICOM files from pydicom'
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 import zlib

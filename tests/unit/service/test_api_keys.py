@@ -7,7 +7,7 @@ import pytest
 
 from service.auth import Authenticator, bearer_token, grpc_scope, http_scope, parse_key, read_keys_file
 from service.config import Settings
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 
 
 def decision(authenticator: Authenticator, header: str | None, scope: str | None) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.core.types import AskEvent, OrganMask, SegmentResult, Timings
-from service.errors import ErrorCode, ServiceError
+from service.core.types import AskEvent, DicomOutput, OrganMask, SegmentResult, Timings
 from service.grpc import convert
 from service.grpc.gen import medclm_pb2 as pb
+from service.pacs.dicomweb import DicomWebReference
 
 from tests.unit.service.grpc.conftest import canned_ask_result
 
@@ -34,11 +34,26 @@ def test_values_are_passed_through_for_the_core_to_judge():
     assert (request.request_id, request.deadline) == ("r1", 12.5)
 
 
-def test_json_output_format_is_accepted_and_others_are_refused():
-    convert.ask_request_from_pb(pb.AskRequest(output_formats=["json"]))
-    with pytest.raises(ServiceError) as raised:
-        convert.ask_request_from_pb(pb.AskRequest(output_formats=["json", "dicom-seg"]))
-    assert raised.value.code is ErrorCode.INVALID_ARGUMENT and raised.value.field == "output_formats[1]"
+def test_output_formats_and_a_dicomweb_reference_reach_the_core():
+    reference = pb.DicomWebReference(base_url="http://127.0.0.1:8042/dicom-web", study_instance_uid="1.2",
+                                     series_instance_uid="1.2.3", sop_instance_uid="1.2.3.4", store_results=True)
+    request = convert.ask_request_from_pb(pb.AskRequest(image=pb.Image(dicomweb=reference),
+                                                        output_formats=["dicom-sr", "bogus"]))
+    assert request.output_formats == ("dicom-sr", "bogus")  # the core judges the names
+    assert request.image.media_type == "application/dicom" and request.image.data == b""
+    assert request.image.dicomweb == DicomWebReference("http://127.0.0.1:8042/dicom-web", "1.2", "1.2.3",
+                                                       "1.2.3.4", store_results=True)
+    segment = convert.segment_request_from_pb(pb.SegmentRequest(image=pb.Image(data=b"x"), output_formats=["dicom-seg"]))
+    assert segment.output_formats == ("dicom-seg",) and segment.image.dicomweb is None
+
+
+def test_dicom_outputs_travel_as_bytes_with_their_uids():
+    result = canned_ask_result("r")
+    result.dicom_outputs = [DicomOutput("dicom-sr", b"DICM-bytes", "1.2.840.10008.5.1.4.1.1.88.34", "9.8", "9.7",
+                                        stored=True)]
+    (message,) = convert.ask_result_to_pb(result).dicom_outputs
+    assert (message.format, message.data, message.sop_instance_uid, message.series_instance_uid, message.stored) == \
+        ("dicom-sr", b"DICM-bytes", "9.8", "9.7", True)
 
 
 @pytest.mark.parametrize("wire, expected", [(pb.MASK_FORMAT_UNSPECIFIED, "png"), (pb.MASK_FORMAT_PNG, "png"),

@@ -72,13 +72,6 @@ def test_stream_error_after_deltas_ends_the_stream_with_the_status(stub, fake_co
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and error.details() == "too slow"
 
 
-def test_unsupported_output_format_is_invalid_argument(stub, fake_core):
-    error = expect_error(lambda: stub.Ask(pb.AskRequest(question="q", output_formats=["dicom-sr"]), timeout=TIMEOUT))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(error.trailing_metadata())["error-field"] == "output_formats[0]"
-    assert fake_core.requests == []
-
-
 def test_unknown_exception_is_internal_without_details_and_logged_once(stub, fake_core, caplog):
     fake_core.error = RuntimeError("secret detail at /srv/model/weights")
     with caplog.at_level(logging.ERROR):

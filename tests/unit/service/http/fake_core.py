@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 from service.core.masks import encode_png, encode_rle
-from service.core.types import (AskEvent, AskRequest, AskResult, Finding, GroundingCheck, ModelInfo, OrganMask,
-                                SegmentRequest, SegmentResult, Timings, Usage)
+from service.core.types import (DICOM_FORMATS, AskEvent, AskRequest, AskResult, DicomOutput, Finding, GroundingCheck,
+                                ModelInfo, OrganMask, SegmentRequest, SegmentResult, Timings, Usage)
 from service.errors import ServiceError
 
 STREAM_DELTAS = ["Reasoning:\n1. CT, axial view.\n", "2. A nodule in the liver <box>[100, 200, 300, 400]</box>.\n",
@@ -38,6 +38,12 @@ def canned_ask_result(request: AskRequest) -> AskResult:
         timings=Timings(queue_ms=1.0, preprocess_ms=2.0, engine_ms=30.0, time_to_first_token_ms=5.0,
                         grounding_ms=3.0, total_ms=36.0),
         finish_reason="stop", modality="ct", width=IMAGE_SIZE[0], height=IMAGE_SIZE[1])
+
+
+def fake_dicom_outputs(formats) -> list[DicomOutput]:
+    """Stand-ins for the DICOM objects the real core writes (bytes that are not DICOM, distinct per format)."""
+    return [DicomOutput(f, f"fake {f} object".encode(), "1.2.840.10008.5.1.4.1.1.66.4", f"1.2.3.{i}", "1.2.3")
+            for i, f in enumerate(formats) if f in DICOM_FORMATS]
 
 
 def canned_labels() -> np.ndarray:
@@ -83,7 +89,9 @@ class FakeCore:
             except asyncio.CancelledError:
                 self.ask_cancelled.set()
                 raise
-        return canned_ask_result(request)
+        result = canned_ask_result(request)
+        result.dicom_outputs = fake_dicom_outputs(request.output_formats)
+        return result
 
     async def ask_stream(self, request: AskRequest) -> AsyncIterator[AskEvent]:
         """The canned text in three deltas, then the result; records closure."""
@@ -119,7 +127,8 @@ class FakeCore:
                 mask_rle=encode_rle(mask) if request.mask_format == "rle" else []))
         return SegmentResult(request_id=request.request_id, model="organ_seg_ct", fingerprint="fedcba9876543210",
                              modality="ct", width=IMAGE_SIZE[0], height=IMAGE_SIZE[1], pixel_spacing_mm=(0.5, 0.5),
-                             organs=organs, labels=labels, timings=Timings(engine_ms=4.0, total_ms=5.0))
+                             organs=organs, labels=labels, timings=Timings(engine_ms=4.0, total_ms=5.0),
+                             dicom_outputs=fake_dicom_outputs(request.output_formats))
 
     def list_models(self) -> list[ModelInfo]:
         """One VQA and one segmentation model."""

@@ -59,7 +59,7 @@ def test_schema_errors_are_422_with_the_field_path(client, fake_core):
     missing = client.post("/v1/ask", json={"image": ask_json()["image"]})
     wrong_type = client.post("/v1/ask", json=ask_json(image={"data_base64": "aGk=", "frame": "first"}))
     unknown = client.post("/v1/ask", json=ask_json(temprature=0.3))
-    bad_format = client.post("/v1/ask", json=ask_json(output_formats=["dicom-sr"]))
+    bad_format = client.post("/v1/ask", json=ask_json(output_formats=["dicom-xml"]))
     bad_json = client.post("/v1/ask", content=b"{not json", headers={"Content-Type": "application/json"})
 
     for response in (missing, wrong_type, unknown, bad_format, bad_json):

@@ -17,16 +17,32 @@ MASK_FORMAT_PNG: MaskFormat
 MASK_FORMAT_RLE: MaskFormat
 
 class Image(_message.Message):
-    __slots__ = ("data", "media_type", "frame", "modality")
+    __slots__ = ("data", "media_type", "frame", "modality", "dicomweb")
     DATA_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
+    DICOMWEB_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     media_type: str
     frame: int
     modality: str
-    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., frame: _Optional[int] = ..., modality: _Optional[str] = ...) -> None: ...
+    dicomweb: DicomWebReference
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., frame: _Optional[int] = ..., modality: _Optional[str] = ..., dicomweb: _Optional[_Union[DicomWebReference, _Mapping]] = ...) -> None: ...
+
+class DicomWebReference(_message.Message):
+    __slots__ = ("base_url", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "store_results")
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STORE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    base_url: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    store_results: bool
+    def __init__(self, base_url: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., store_results: bool = ...) -> None: ...
 
 class AskRequest(_message.Message):
     __slots__ = ("image", "question", "model", "precision", "brief", "max_tokens", "temperature", "seed", "verify_grounding", "output_formats")
@@ -129,7 +145,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., engine_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., grounding_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("request_id", "model", "fingerprint", "answer", "reasoning_steps", "text", "findings", "grounding", "usage", "timings", "finish_reason", "modality", "width", "height")
+    __slots__ = ("request_id", "model", "fingerprint", "answer", "reasoning_steps", "text", "findings", "grounding", "usage", "timings", "finish_reason", "modality", "width", "height", "dicom_outputs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +160,7 @@ class AskResponse(_message.Message):
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DICOM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     fingerprint: str
@@ -158,7 +175,24 @@ class AskResponse(_message.Message):
     modality: str
     width: int
     height: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., reasoning_steps: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., grounding: _Optional[_Iterable[_Union[GroundingCheck, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., finish_reason: _Optional[str] = ..., modality: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    dicom_outputs: _containers.RepeatedCompositeFieldContainer[DicomObject]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., reasoning_steps: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., grounding: _Optional[_Iterable[_Union[GroundingCheck, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., finish_reason: _Optional[str] = ..., modality: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., dicom_outputs: _Optional[_Iterable[_Union[DicomObject, _Mapping]]] = ...) -> None: ...
+
+class DicomObject(_message.Message):
+    __slots__ = ("format", "data", "sop_class_uid", "sop_instance_uid", "series_instance_uid", "stored")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    data: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    stored: bool
+    def __init__(self, format: _Optional[str] = ..., data: _Optional[bytes] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., stored: bool = ...) -> None: ...
 
 class AskEvent(_message.Message):
     __slots__ = ("delta", "result")
@@ -169,16 +203,18 @@ class AskEvent(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., result: _Optional[_Union[AskResponse, _Mapping]] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("image", "model", "precision", "mask_format")
+    __slots__ = ("image", "model", "precision", "mask_format", "output_formats")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     image: Image
     model: str
     precision: str
     mask_format: MaskFormat
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ..., mask_format: _Optional[_Union[MaskFormat, str]] = ...) -> None: ...
+    output_formats: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., model: _Optional[str] = ..., precision: _Optional[str] = ..., mask_format: _Optional[_Union[MaskFormat, str]] = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PixelSpacing(_message.Message):
     __slots__ = ("row_mm", "column_mm")
@@ -219,7 +255,7 @@ class Organ(_message.Message):
     def __init__(self, label: _Optional[int] = ..., name: _Optional[str] = ..., pixel_count: _Optional[int] = ..., area_mm2: _Optional[float] = ..., box_px: _Optional[_Union[PixelBox, _Mapping]] = ..., mask_png: _Optional[bytes] = ..., mask_rle: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("request_id", "model", "fingerprint", "modality", "width", "height", "pixel_spacing_mm", "organs", "timings")
+    __slots__ = ("request_id", "model", "fingerprint", "modality", "width", "height", "pixel_spacing_mm", "organs", "timings", "dicom_outputs")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +265,7 @@ class SegmentResponse(_message.Message):
     PIXEL_SPACING_MM_FIELD_NUMBER: _ClassVar[int]
     ORGANS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    DICOM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     fingerprint: str
@@ -238,7 +275,8 @@ class SegmentResponse(_message.Message):
     pixel_spacing_mm: PixelSpacing
     organs: _containers.RepeatedCompositeFieldContainer[Organ]
     timings: Timings
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., modality: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_spacing_mm: _Optional[_Union[PixelSpacing, _Mapping]] = ..., organs: _Optional[_Iterable[_Union[Organ, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    dicom_outputs: _containers.RepeatedCompositeFieldContainer[DicomObject]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., modality: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_spacing_mm: _Optional[_Union[PixelSpacing, _Mapping]] = ..., organs: _Optional[_Iterable[_Union[Organ, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., dicom_outputs: _Optional[_Iterable[_Union[DicomObject, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
