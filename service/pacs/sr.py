@@ -1,7 +1,8 @@
 """DICOM SR of one answered question: a TID 1500 measurement report (Comprehensive 3D SR).
 
-Each finding the model boxed becomes a planar ROI group: the box as a closed POLYLINE image region in the
-source's pixel coordinates, the finding type, and the host organ its reasoning names as the finding site.
+Each finding the model boxed becomes a planar ROI group (TID 1410): the box as a closed POLYLINE image region
+in the source's pixel coordinates, the finding type, and the host organ its reasoning names as the finding
+site; an answer without boxes gets one image-level group (TID 1501) instead.
 The answer (coded as the report's conclusion), the question and each reasoning step are TEXT items in the
 template's "Qualitative Evaluations" container. The model is the report's device observer and is listed in
 the contributing equipment.
@@ -42,7 +43,7 @@ def polyline_box(points: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _finding_group(index: int, finding: Finding, source_region: hd.sr.SourceImageForRegion,
-                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+                   algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     name = finding.label or "lesion"
     identifier = f"finding {index + 1}: {name}" + (f" in {finding.organ}" if finding.organ else "")
     site = organ_code(finding.organ) if finding.organ else None
@@ -50,8 +51,16 @@ def _finding_group(index: int, finding: Finding, source_region: hd.sr.SourceImag
                                graphic_data=box_polyline(finding.box_px), source_image=source_region)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=identifier[:MAX_LO]),
-        referenced_region=region, finding_type=finding_code(finding.label),
+        referenced_region=region, finding_type=finding_code(finding.label), algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(site)] if site is not None else None)
+
+
+def _image_group(source, algorithm: hd.sr.AlgorithmIdentification,
+                 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """An image-level group (TID 1501) for an answer without boxes: TID 1500 needs at least one group."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="answer without boxed findings"),
+        algorithm_id=algorithm, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
 
 
 def _text_container(question: str, answer: str, reasoning_steps: Sequence[str]) -> hd.sr.ContainerContentItem:
@@ -80,14 +89,16 @@ def build_report(source, *, question: str, answer: str, reasoning_steps: Sequenc
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=generate_uid(), name=model.name, manufacturer_name=MANUFACTURER, model_name=model.name,
             serial_number=model.fingerprint or "unknown"))
-    groups = [_finding_group(i, f, source_region) for i, f in enumerate(findings)]
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.fingerprint or "unknown")
+    groups = [_finding_group(i, f, source_region, algorithm) for i, f in enumerate(findings)]
+    groups = groups or [_image_group(source, algorithm)]
     equipment = hd.ContributingEquipment(MANUFACTURER, PROCESSING_EQUIPMENT, manufacturer_model_name=model.name,
                                          software_versions=model.software_versions,
                                          contribution_description="visual question answering")
     try:
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-            procedure_reported=procedure_code(modality), imaging_measurements=groups or None,
+            procedure_reported=procedure_code(modality), imaging_measurements=groups,
             referenced_images=[source])
         report[0].ContentSequence.append(_text_container(question, answer, reasoning_steps))
         return hd.sr.Comprehensive3DSR(

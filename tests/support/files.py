@@ -37,3 +37,27 @@ def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.5, 0.5), photometr
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+def dicom_from_phantom(dataset_dir: Path, record, new_uids: bool = False) -> bytes:
+    """pydicom's CT_small as a template carrying the record's 256 x 256 phantom slice (HU + 1024 stored,
+    RescaleIntercept -1024): a real DICOM larger than the 128 px model input. ``new_uids`` gives it its own
+    study, series and instance UIDs (a PACS keeps the first instance it receives under one UID)."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    stored = np.asarray(Image.open(dataset_dir / record.image)).astype(np.uint16)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = stored.tobytes()
+    if new_uids:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

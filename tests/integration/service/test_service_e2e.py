@@ -24,6 +24,8 @@ from service.grpc.gen import medclm_pb2, medclm_pb2_grpc
 from training.data.boxes import denormalize_box
 from training.data.records import VQARecord
 
+from tests.support.files import dicom_from_phantom
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -49,20 +51,6 @@ def grounding_case(medclm_dataset):
 def _records(data) -> list[VQARecord]:
     return [VQARecord.model_validate_json(line) for line in (data / "train.jsonl").read_text().splitlines()
             if line.strip()]
-
-
-def dicom_from_phantom(medclm_dataset, record) -> bytes:
-    """pydicom's CT_small as a template carrying the record's 256 x 256 phantom slice (HU + 1024 stored,
-    RescaleIntercept -1024): a real DICOM larger than the 128 px model input."""
-    stored = np.asarray(Image.open(medclm_dataset / record.image)).astype(np.uint16)
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = stored.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def ct_small() -> bytes:

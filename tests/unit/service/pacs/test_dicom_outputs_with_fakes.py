@@ -132,3 +132,14 @@ def test_segment_cannot_write_a_report():
         run(pipeline.segment(SegmentRequest(ImageInput(ct_small_bytes(), "application/dicom"),
                                             output_formats=("json", "dicom-sr"))))
     assert error.value.field == "output_formats[1]" and seg.calls == 0
+
+
+def test_an_answer_without_boxes_still_gives_a_valid_report():
+    pipeline, vqa, _ = make_pipeline()
+    vqa.text = "Reasoning:\n1. The image is an axial abdominal CT slice.\n2. No lesion is seen.\nAnswer: no"
+    result = run(pipeline.ask(ask_dicom(["dicom-sr"])))
+    sr = hd.sr.srread(io.BytesIO(result.dicom_outputs[0].data))
+    assert result.findings == [] and sr.content.get_planar_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.source_images[0].referenced_sop_instance_uid == pydicom.dcmread(CT_SMALL).SOPInstanceUID
+    assert ("Conclusion", "no") in [(i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue) for i in _text_items(sr)]
