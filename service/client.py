@@ -1,11 +1,16 @@
 """A small command-line client: ``python -m service.client ask IMAGE "QUESTION"`` prints the reasoning,
 the answer and the boxes (original pixels); ``segment IMAGE`` prints the organs. gRPC by default
-(``--grpc HOST:PORT``), or HTTP with ``--http URL``. It is also the shortest example of calling the API."""
+(``--grpc HOST:PORT``), or HTTP with ``--http URL``. For a DICOM image, ``--dicom-out DIR`` also writes the
+DICOM SR (ask) and DICOM SEG (ask and segment) the service derives. It is also the shortest example of calling
+the API."""
 
 from __future__ import annotations
 
 import argparse
 import base64
+import email.parser
+import email.policy
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +28,35 @@ def media_type_of(path: Path, data: bytes) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
+def dicom_formats(args) -> list[str]:
+    """The DICOM outputs to ask for: none without --dicom-out, else the SR and SEG (ask) or the SEG (segment)."""
+    if not args.dicom_out:
+        return []
+    return ["dicom-sr", "dicom-seg"] if args.command == "ask" else ["dicom-seg"]
+
+
+def save_dicom(folder: Path, outputs: list[tuple[str, str, bytes]]) -> None:
+    """Write each (format, SOP instance UID, bytes) as FOLDER/<format>-<uid>.dcm and say where."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for format_name, uid, data in outputs:
+        path = folder / f"{format_name}-{uid}.dcm"
+        path.write_bytes(data)
+        print(f"wrote {format_name}: {path}")
+
+
+def _http_json_and_dicom(response) -> tuple[dict, list[tuple[str, str, bytes]]]:
+    """The JSON result and the DICOM parts of a /v1/ask or /v1/segment answer (JSON or multipart/related)."""
+    if not response.headers.get("content-type", "").startswith("multipart/related"):
+        return response.json(), []
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
+    root, *parts = message.iter_parts()
+    result = json.loads(root.get_payload(decode=True))
+    outputs = [(meta["format"], meta["sop_instance_uid"], part.get_payload(decode=True))
+               for meta, part in zip(result["dicom_outputs"], parts)]
+    return result, outputs
+
+
 def _ask_grpc(args, data: bytes, media_type: str) -> dict:
     import grpc
 
@@ -32,14 +66,16 @@ def _ask_grpc(args, data: bytes, media_type: str) -> dict:
         stub = medclm_pb2_grpc.MedCLMStub(channel)
         request = medclm_pb2.AskRequest(
             image=medclm_pb2.Image(data=data, media_type=media_type, modality=args.modality),
-            question=args.question, precision=args.precision, brief=args.brief)
+            question=args.question, precision=args.precision, brief=args.brief,
+            output_formats=["json", *dicom_formats(args)])
         if args.max_tokens:
             request.max_tokens = args.max_tokens
         reply = stub.Ask(request, timeout=args.timeout)
     return {"answer": reply.answer, "steps": list(reply.reasoning_steps), "model": reply.model,
             "findings": [(f.label, f.organ, (f.box_px.x1, f.box_px.y1, f.box_px.x2, f.box_px.y2))
                          for f in reply.findings],
-            "grounding": [(g.segmented_organ, g.overlap, g.consistent) for g in reply.grounding]}
+            "grounding": [(g.segmented_organ, g.overlap, g.consistent) for g in reply.grounding],
+            "dicom": [(o.format, o.sop_instance_uid, o.data) for o in reply.dicom_outputs]}
 
 
 def _ask_http(args, data: bytes, media_type: str) -> dict:
@@ -47,17 +83,19 @@ def _ask_http(args, data: bytes, media_type: str) -> dict:
 
     body = {"image": {"data_base64": base64.b64encode(data).decode(), "media_type": media_type,
                       "modality": args.modality},
-            "question": args.question, "precision": args.precision, "brief": args.brief}
+            "question": args.question, "precision": args.precision, "brief": args.brief,
+            "output_formats": ["json", *dicom_formats(args)]}
     if args.max_tokens:
         body["max_tokens"] = args.max_tokens
     response = httpx.post(f"{args.http.rstrip('/')}/v1/ask", json=body, timeout=args.timeout)
-    reply = response.json()
     if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {reply.get('error', reply)}")
+        raise RuntimeError(f"HTTP {response.status_code}: {response.json().get('error')}")
+    reply, dicom = _http_json_and_dicom(response)
     return {"answer": reply["answer"], "steps": reply["reasoning_steps"], "model": reply["model"],
             "findings": [(f["label"], f["organ"], tuple(f["box_px"][k] for k in ("x1", "y1", "x2", "y2")))
                          for f in reply["findings"]],
-            "grounding": [(g["segmented_organ"], g["overlap"], g["consistent"]) for g in reply["grounding"]]}
+            "grounding": [(g["segmented_organ"], g["overlap"], g["consistent"]) for g in reply["grounding"]],
+            "dicom": dicom}
 
 
 def print_answer(result: dict) -> None:
@@ -77,16 +115,19 @@ def print_answer(result: dict) -> None:
               f"x2={box[2]:.1f} y2={box[3]:.1f} px{check}")
 
 
-def _segment(args, data: bytes, media_type: str) -> list[tuple[str, int, float | None]]:
+def _segment(args, data: bytes, media_type: str) -> tuple[list[tuple[str, int, float | None]], list]:
+    """(organ name, pixels, mm² or None) per organ, and the DICOM outputs as (format, uid, bytes)."""
     if args.http:
         import httpx
 
         body = {"image": {"data_base64": base64.b64encode(data).decode(), "media_type": media_type,
-                          "modality": args.modality}, "precision": args.precision, "mask_format": "rle"}
+                          "modality": args.modality}, "precision": args.precision, "mask_format": "rle",
+                "output_formats": ["json", *dicom_formats(args)]}
         response = httpx.post(f"{args.http.rstrip('/')}/v1/segment", json=body, timeout=args.timeout)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.json().get('error')}")
-        return [(o["name"], o["pixel_count"], o.get("area_mm2")) for o in response.json()["organs"]]
+        reply, dicom = _http_json_and_dicom(response)
+        return [(o["name"], o["pixel_count"], o.get("area_mm2")) for o in reply["organs"]], dicom
     import grpc
 
     from service.grpc.gen import medclm_pb2, medclm_pb2_grpc
@@ -94,8 +135,10 @@ def _segment(args, data: bytes, media_type: str) -> list[tuple[str, int, float |
     with grpc.insecure_channel(args.grpc) as channel:
         reply = medclm_pb2_grpc.MedCLMStub(channel).Segment(medclm_pb2.SegmentRequest(
             image=medclm_pb2.Image(data=data, media_type=media_type, modality=args.modality),
-            precision=args.precision, mask_format=medclm_pb2.MASK_FORMAT_RLE), timeout=args.timeout)
-    return [(o.name, o.pixel_count, o.area_mm2 if o.HasField("area_mm2") else None) for o in reply.organs]
+            precision=args.precision, mask_format=medclm_pb2.MASK_FORMAT_RLE,
+            output_formats=["json", *dicom_formats(args)]), timeout=args.timeout)
+    return ([(o.name, o.pixel_count, o.area_mm2 if o.HasField("area_mm2") else None) for o in reply.organs],
+            [(o.format, o.sop_instance_uid, o.data) for o in reply.dicom_outputs])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--precision", default="", help="fp32 | bf16 | int8 (VQA), fp32 | fp16 | int8 (segment)")
         command.add_argument("--modality", default="", help="ct or cxr for PNG/JPEG (DICOM says it itself)")
         command.add_argument("--timeout", type=float, default=120.0, help="seconds")
+        command.add_argument("--dicom-out", type=Path, default=None,
+                             help="DICOM input only: write the DICOM SR/SEG the service derives into this folder")
     return parser
 
 
@@ -127,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     media_type = media_type_of(args.image, data)
     try:
         if args.command == "ask":
-            print_answer(_ask_http(args, data, media_type) if args.http else _ask_grpc(args, data, media_type))
+            result = _ask_http(args, data, media_type) if args.http else _ask_grpc(args, data, media_type)
+            print_answer(result)
+            dicom = result["dicom"]
         else:
-            for name, pixels, area in _segment(args, data, media_type):
+            organs, dicom = _segment(args, data, media_type)
+            for name, pixels, area in organs:
                 print(f"{name}: {pixels} px" + (f", {area:.0f} mm²" if area is not None else ""))
+        if args.dicom_out:
+            save_dicom(args.dicom_out, dicom)
     except Exception as exc:  # noqa: BLE001 - a CLI shows the server's message, not a traceback
         details = exc.details() if hasattr(exc, "details") else str(exc)
         print(f"error: {details}", file=sys.stderr)

@@ -190,3 +190,19 @@ def test_a_study_in_orthanc_is_fetched_by_uid_and_its_seg_and_sr_are_stored_back
                                                        output_formats=["dicom-seg"]), timeout=60)
     (seg,) = seg_reply.dicom_outputs
     assert seg.stored and seg.sop_instance_uid in orthanc.sop_instance_uids()
+
+
+def test_command_line_client_writes_the_derived_dicom_files(service, tmp_path):
+    import subprocess
+    import sys
+
+    for transport, folder in ((["--grpc", service.grpc_address], tmp_path / "grpc"),
+                              (["--http", service.http_url], tmp_path / "http")):
+        done = subprocess.run([sys.executable, "-m", "service.client", "ask", CT_SMALL, "Is there a lesion?",
+                               "--max-tokens", "64", "--dicom-out", str(folder), *transport],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        written = sorted(p.name.split("-")[1] for p in folder.glob("*.dcm"))
+        assert written == ["seg", "sr"], done.stdout
+        modalities = sorted(pydicom.dcmread(p).Modality for p in folder.glob("*.dcm"))
+        assert modalities == ["SEG", "SR"]
