@@ -10,6 +10,7 @@ Examples:
     python -m training.medclm export --checkpoint runs/tiny/04-hard --model-repository model_repository --all-precisions
     python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
     python -m training.medclm image-reliance --checkpoint runs/tiny/05-hard --data data/default
+    python -m training.medclm ablation --data data/medclm --out runs/ablation --steps 600
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file of config keys (applied over the preset)")
     train.add_argument("--resume", type=Path, help="checkpoint folder to continue from (its config is used)")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+    ablation = sub.add_parser("ablation", help="curriculum x ZNorm at equal compute from one shared warm-up; "
+                                               "extra --key=value override the config")
+    ablation.add_argument("--data", type=Path, required=True)
+    ablation.add_argument("--out", type=Path, required=True, help="runs, evaluations and ablation.{json,md}")
+    ablation.add_argument("--steps", type=int, default=600, help="optimiser steps per variant after the warm-up")
+    ablation.add_argument("--variants", default="all", help="all, or e.g. sequential,adaptive+znorm")
+    ablation.add_argument("--limit", type=int, default=100, help="Medium test questions (plus Hard twins)")
+    ablation.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ablation.add_argument("--config", type=Path, help="YAML file of config keys (applied over the preset)")
+    ablation.add_argument("--no-progress", action="store_true")
 
     from training.medclm.engines import DTYPES, ENGINES
 
@@ -130,20 +142,32 @@ def run_command(args: argparse.Namespace) -> dict:
     raise MedCLMError(f"unknown command {args.command!r}")
 
 
+def _overrides(extra: list[str]) -> list[str]:
+    """The ``--key=value`` config overrides among the unparsed arguments; anything else is refused."""
+    bad = [e for e in extra if not e.startswith("--") or "=" not in e]
+    if bad:
+        raise MedCLMError(f"unrecognised arguments {bad}; config overrides are written --key=value")
+    return extra
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a refused input prints one line and exits with status 2."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        if args.command == "ablation":
+            from training.medclm.ablation import parse_variants, run_ablation
+
+            config = load_config(args.preset, args.config, _overrides(extra))
+            print(json.dumps(run_ablation(config, args.data, args.out, args.steps, parse_variants(args.variants),
+                                          args.limit, progress=not args.no_progress)))
+            return 0
         if args.command != "train":
             if extra:
                 raise MedCLMError(f"unrecognised arguments {extra}")
             print(json.dumps(run_command(args)))
             return 0
-        bad = [e for e in extra if not e.startswith("--") or "=" not in e]
-        if bad:
-            raise MedCLMError(f"unrecognised arguments {bad}; config overrides are written --key=value")
-        config = build_config(args, extra)
+        config = build_config(args, _overrides(extra))
         from training.medclm.trainer import train
 
         result = train(config, args.data, args.out, resume=args.resume, progress=not args.no_progress)

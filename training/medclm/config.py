@@ -51,6 +51,8 @@ class MedCLMConfig:
     dense_lesion_weight: float = 1.0  # per-patch lesion presence (BCE); lesions are rare, so pos_weight below
     dense_lesion_pos_weight: float = 5.0  # ~5% of patches hold a lesion; balances the BCE
     dense_box_weight: float = 2.0  # L1 box regression on lesion patches, coordinates in [0, 1]
+    dense_image_weight: float = 0.0  # image-level answers (host organs, finding types, count) on every patch
+    freeze_projector: bool = False  # keep the projector as warm-up/calibration left it during the LM stages
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
@@ -80,6 +82,8 @@ class MedCLMConfig:
     adaptive_rise: float = 0.05  # paper: a global-loss rise this large shrinks lambda_H
     adaptive_decay: float = 0.9  # paper: lambda_H multiplier on a rise
     mixed_epochs: float = 1.0  # mixed / hard-only baselines: passes over their records
+    curriculum_steps: int = 0  # >0: scale the curriculum's phases (after warm-up/align) to exactly this many
+    # optimiser steps, keeping their proportions (adaptive: its pseudo-epochs shrink) -- equal compute for ablations
     # --- optimisation ---
     batch_size: int = 8  # sequences per step (x questions_per_image questions); fills 2 cores without stalls
     lr: float = 2e-3  # from scratch a 5M model needs ~50x the paper's 2e-5 (that one fine-tunes a 7B model)

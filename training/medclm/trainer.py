@@ -79,15 +79,32 @@ def plan_phases(config: MedCLMConfig, dataset: Dataset, world: int) -> list[Phas
         missing = [s for s in ("easy", "medium", "hard") if not _stage_records(dataset, s)]
         if missing:
             raise MedCLMError(f"the adaptive curriculum needs every stage; the training split has no {missing}")
-        phases.append(Phase("adaptive", config.adaptive_epochs * config.adaptive_epoch_steps))
-        return phases
-    rng = np.random.default_rng(0)
-    for stage, epochs in sequential_phases(config):
-        plans = plan_sequences(_stage_records(dataset, stage), config.questions_per_image, rng)
-        if not plans:
-            raise MedCLMError(f"the training split has no {stage} records")
-        phases.append(Phase(stage, max(1, math.ceil(len(plans) * epochs / global_batch))))
-    return phases
+        curriculum = [Phase("adaptive", config.adaptive_epochs * config.adaptive_epoch_steps)]
+    else:
+        rng = np.random.default_rng(0)
+        curriculum = []
+        for stage, epochs in sequential_phases(config):
+            plans = plan_sequences(_stage_records(dataset, stage), config.questions_per_image, rng)
+            if not plans:
+                raise MedCLMError(f"the training split has no {stage} records")
+            curriculum.append(Phase(stage, max(1, math.ceil(len(plans) * epochs / global_batch))))
+    if config.curriculum_steps > 0:
+        curriculum = scale_phases(curriculum, config.curriculum_steps)
+    return phases + curriculum
+
+
+def scale_phases(phases: list[Phase], total: int) -> list[Phase]:
+    """The phases resized to ``total`` steps in all, in proportion (each at least 1; the last takes the rest)."""
+    if total < len(phases):
+        raise MedCLMError(f"curriculum_steps={total} is fewer than the curriculum's {len(phases)} phases")
+    planned = sum(p.steps for p in phases)
+    scaled = [Phase(p.name, max(1, round(p.steps * total / planned))) for p in phases[:-1]]
+    return scaled + [Phase(phases[-1].name, total - sum(p.steps for p in scaled))]
+
+
+def adaptive_epoch_steps(config: MedCLMConfig, phase_steps: int) -> int:
+    """Steps per pseudo-epoch of the adaptive scheduler: its configured epochs spread over the phase."""
+    return max(1, phase_steps // config.adaptive_epochs)
 
 
 def _epoch_batches(records: list, config: MedCLMConfig, rng: np.random.Generator, size: int,
@@ -217,13 +234,17 @@ def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
     llava = base_llava(model)
     heads = VisionWarmupHeads(llava.config.vision_config.hidden_size) if need_dense else None
     if heads is not None and state is not None and state.get("heads") is not None:
-        heads.load_state_dict(state["heads"])
+        heads.load_state_dict(state["heads"], strict=False)  # heads added since then start fresh
     return dataset, tokenizer, image_processor, model, heads, state
 
 
 def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train (or resume) and write one checkpoint per phase under ``out_dir``; returns the run's figures."""
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) and write one checkpoint per phase under ``out_dir``; returns the run's figures.
+
+    ``stop_after`` = N ends the run after its first N phases (an ablation's shared warm-up is phase 1); the
+    LR schedule still spans every phase, so runs resumed from that checkpoint continue it unchanged.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -278,12 +299,15 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
 
     run_eval.examples = []
     checkpoints: list[Path] = []
-    for index in range(first_phase, len(phases)):
+    for index in range(first_phase, len(phases) if stop_after is None else min(stop_after, len(phases))):
         phase = phases[index]
         rng = np.random.default_rng([config.seed, index])
         if (config.calibrate_projector and not config.init_from and phase.name != "warmup" and index > 0
                 and phases[index - 1].name == "warmup"):
             _calibrate(accelerator.unwrap_model(objective), dataset, images, config, accelerator)
+        if config.freeze_projector and phase.name != "warmup":
+            for param in base_llava(accelerator.unwrap_model(objective).model).model.multi_modal_projector.parameters():
+                param.requires_grad_(False)
         if phase.name == "warmup":
             batches = _warmup_batches(dataset, rng, config.batch_size * config.questions_per_image * world)
         elif phase.name == "adaptive":
@@ -347,7 +371,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
             lm = accelerator.reduce(out["lm"], "mean").item() if "lm" in out else None
             if phase.name == "adaptive" and lm is not None:
                 adaptive.observe(stage, lm)
-                if (step_in_phase + 1) % config.adaptive_epoch_steps == 0:
+                if (step_in_phase + 1) % adaptive_epoch_steps(config, phase.steps) == 0:
                     adaptive.end_epoch()
             if step_in_phase % config.log_every == 0 or step_in_phase == phase.steps - 1:
                 entry = {"step": global_step, "phase": phase.name, "stage": stage, "loss": round(loss, 5),

@@ -8,7 +8,11 @@ Per patch of the features LLaVA feeds its projector (layer ``vision_feature_laye
 - organ: the majority global organ label (``training.data.anatomy``) of the patch, 0 = background;
 - lesion: does a lesion box cover the patch centre (or the box centre lie in the patch, so lesions smaller
   than a patch still count);
-- box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss.
+- box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss;
+- image-level answers on EVERY patch (weight ``dense_image_weight``): which organs host a lesion, which finding
+  types are present, how many lesions (0, 1, 2, 3+). The tower's self-attention then copies what the questions
+  ask about into every image token, so the language model can read it without first learning to find the one
+  lesion patch among 64 (runs that had to find it learnt to ignore the image, docs/medclm.md).
 
 The heads are small linear probes kept outside the LLaVA module, so the exported model stays plain LLaVA.
 """
@@ -22,10 +26,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training.data.anatomy import ORGANS
+from training.data.anatomy import FINDING_TYPES, ORGANS
 from training.data.records import VQARecord
 
 NUM_ORGAN_LABELS = max(o.label for o in ORGANS) + 1  # global labels 0..11
+FINDING_INDEX = {f.name: i for i, f in enumerate(FINDING_TYPES)}
+MAX_COUNT_CLASS = 3  # lesion counts 0, 1, 2 and "3 or more"
 IGNORE = -100
 
 
@@ -37,11 +43,16 @@ class VisionWarmupHeads(nn.Module):
         self.organ = nn.Linear(hidden, NUM_ORGAN_LABELS)
         self.lesion = nn.Linear(hidden, 1)
         self.box = nn.Linear(hidden, 4)
+        self.hosts = nn.Linear(hidden, NUM_ORGAN_LABELS)
+        self.kinds = nn.Linear(hidden, len(FINDING_TYPES))
+        self.count = nn.Linear(hidden, MAX_COUNT_CLASS + 1)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4)."""
+        """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4), and the image-level answers
+        per patch: hosts (B, P, L), kinds (B, P, F), count (B, P, 4) logits."""
         return {"organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
-                "box": torch.sigmoid(self.box(features).float())}
+                "box": torch.sigmoid(self.box(features).float()), "hosts": self.hosts(features),
+                "kinds": self.kinds(features), "count": self.count(features)}
 
 
 def organ_patch_labels(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -69,16 +80,30 @@ def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> t
     return presence, targets
 
 
+def image_level_targets(findings) -> tuple[np.ndarray, np.ndarray, int]:
+    """(organs hosting a lesion, multi-hot over global labels; finding types present, multi-hot; count class)."""
+    hosts = np.zeros(NUM_ORGAN_LABELS, dtype=np.float32)
+    kinds = np.zeros(len(FINDING_TYPES), dtype=np.float32)
+    organ_label = {o.name: o.label for o in ORGANS}
+    for finding in findings:
+        if finding.organ in organ_label:
+            hosts[organ_label[finding.organ]] = 1.0
+        if finding.label in FINDING_INDEX:
+            kinds[FINDING_INDEX[finding.label]] = 1.0
+    return hosts, kinds, min(len(findings), MAX_COUNT_CLASS)
+
+
 class DenseTargetCache:
     """Per-image dense targets, computed once: organ labels (ignored without a mask), lesion, box."""
 
     def __init__(self, root: Path, grid: int):
         self.root = Path(root)
         self.grid = grid
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
 
-    def get(self, record: VQARecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(organ (P,) long, lesion (P,) float, box (P, 4) float) for the record's image."""
+    def get(self, record: VQARecord) -> tuple[torch.Tensor, ...]:
+        """(organ (P,) long, lesion (P,) float, box (P, 4) float, hosts (L,), kinds (F,), count ()) for the
+        record's image."""
         key = record.case_id
         if key not in self._cache:
             if record.organ_mask:
@@ -87,18 +112,23 @@ class DenseTargetCache:
             else:
                 organ = np.full(self.grid * self.grid, IGNORE, dtype=np.int64)
             presence, boxes = lesion_patch_targets([f.box for f in record.case_findings], self.grid)
-            self._cache[key] = (torch.from_numpy(organ), torch.from_numpy(presence), torch.from_numpy(boxes))
+            hosts, kinds, count = image_level_targets(record.case_findings)
+            self._cache[key] = (torch.from_numpy(organ), torch.from_numpy(presence), torch.from_numpy(boxes),
+                                torch.from_numpy(hosts), torch.from_numpy(kinds), torch.tensor(count))
         return self._cache[key]
 
     def batch(self, records: list[VQARecord]) -> dict[str, torch.Tensor]:
         """Stacked targets for the first record of each sequence (all turns share the image)."""
-        organ, lesion, box = zip(*(self.get(r) for r in records))
-        return {"organ": torch.stack(organ), "lesion": torch.stack(lesion), "box": torch.stack(box)}
+        organ, lesion, box, hosts, kinds, count = zip(*(self.get(r) for r in records))
+        return {"organ": torch.stack(organ), "lesion": torch.stack(lesion), "box": torch.stack(box),
+                "hosts": torch.stack(hosts), "kinds": torch.stack(kinds), "count": torch.stack(count)}
 
 
 def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
-               lesion_weight: float, box_weight: float, pos_weight: float) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only); returns (loss, parts)."""
+               lesion_weight: float, box_weight: float, pos_weight: float, image_weight: float = 0.0,
+               ) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only), plus ``image_weight`` x the
+    image-level answers predicted from every patch (hosts and kinds BCE, count CE); returns (loss, parts)."""
     organ_logits = outputs["organ"].float()
     organ_ce = nn.functional.cross_entropy(organ_logits.reshape(-1, organ_logits.shape[-1]),
                                            targets["organ"].reshape(-1), ignore_index=IGNORE)
@@ -112,11 +142,25 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     else:
         box_l1 = outputs["box"].sum() * 0.0
     loss = organ_weight * organ_ce + lesion_weight * lesion_bce + box_weight * box_l1
+    image_parts = {}
+    if image_weight > 0 and "hosts" in targets:
+        patches = outputs["hosts"].shape[1]
+        hosts_bce = nn.functional.binary_cross_entropy_with_logits(
+            outputs["hosts"].float(), targets["hosts"][:, None].expand(-1, patches, -1))
+        kinds_bce = nn.functional.binary_cross_entropy_with_logits(
+            outputs["kinds"].float(), targets["kinds"][:, None].expand(-1, patches, -1))
+        count_logits = outputs["count"].float()
+        count_ce = nn.functional.cross_entropy(count_logits.reshape(-1, count_logits.shape[-1]),
+                                               targets["count"][:, None].expand(-1, patches).reshape(-1))
+        loss = loss + image_weight * (hosts_bce + kinds_bce + count_ce)
+        with torch.no_grad():  # exact match of the host-organ set, read from every patch
+            hosts_hit = ((outputs["hosts"] > 0).float() == targets["hosts"][:, None]).all(-1).float().mean()
+        image_parts = {"hosts_bce": hosts_bce.item(), "count_ce": count_ce.item(), "hosts_acc": hosts_hit.item()}
     with torch.no_grad():
         valid = targets["organ"] != IGNORE
         organ_acc = ((organ_logits.argmax(-1) == targets["organ"]) & valid).sum() / valid.sum().clamp_min(1)
         predicted = outputs["lesion"] > 0
         recall = (predicted & positive).sum() / positive.sum().clamp_min(1)
     parts = {"organ_ce": organ_ce.item(), "lesion_bce": lesion_bce.item(), "box_l1": box_l1.item(),
-             "organ_acc": organ_acc.item(), "lesion_recall": recall.item()}
+             "organ_acc": organ_acc.item(), "lesion_recall": recall.item(), **image_parts}
     return loss, parts
