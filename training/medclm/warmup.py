@@ -10,7 +10,8 @@ Per patch of the features LLaVA feeds its projector (layer ``vision_feature_laye
   than a patch still count);
 - box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss;
 - image-level answers on EVERY patch (weight ``dense_image_weight``): which organs host a lesion, which finding
-  types are present, how many lesions (0, 1, 2, 3+). The tower's self-attention then copies what the questions
+  types are present, how many lesions (0, 1, 2, 3+), and the box of the lesion in each host organ and of each
+  finding type (what the questions name a lesion by). The tower's self-attention then copies what the questions
   ask about into every image token, so the language model can read it without first learning to find the one
   lesion patch among 64 (runs that had to find it learnt to ignore the image, docs/medclm.md).
 
@@ -46,13 +47,19 @@ class VisionWarmupHeads(nn.Module):
         self.hosts = nn.Linear(hidden, NUM_ORGAN_LABELS)
         self.kinds = nn.Linear(hidden, len(FINDING_TYPES))
         self.count = nn.Linear(hidden, MAX_COUNT_CLASS + 1)
+        self.organ_boxes = nn.Linear(hidden, NUM_ORGAN_LABELS * 4)
+        self.kind_boxes = nn.Linear(hidden, len(FINDING_TYPES) * 4)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4), and the image-level answers
-        per patch: hosts (B, P, L), kinds (B, P, F), count (B, P, 4) logits."""
+        per patch: hosts (B, P, L), kinds (B, P, F), count (B, P, 4) logits, organ_boxes (B, P, L, 4) and
+        kind_boxes (B, P, F, 4) in [0, 1]."""
+        batch, patches = features.shape[:2]
         return {"organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
                 "box": torch.sigmoid(self.box(features).float()), "hosts": self.hosts(features),
-                "kinds": self.kinds(features), "count": self.count(features)}
+                "kinds": self.kinds(features), "count": self.count(features),
+                "organ_boxes": torch.sigmoid(self.organ_boxes(features).float()).view(batch, patches, -1, 4),
+                "kind_boxes": torch.sigmoid(self.kind_boxes(features).float()).view(batch, patches, -1, 4)}
 
 
 def organ_patch_labels(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -80,17 +87,24 @@ def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> t
     return presence, targets
 
 
-def image_level_targets(findings) -> tuple[np.ndarray, np.ndarray, int]:
-    """(organs hosting a lesion, multi-hot over global labels; finding types present, multi-hot; count class)."""
+def image_level_targets(findings) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """(organs hosting a lesion, multi-hot over global labels; finding types present, multi-hot; count class;
+    box per host organ (L, 4) and per finding type (F, 4) in [0, 1], zero where absent -- the largest lesion
+    wins when two share an organ or a type)."""
     hosts = np.zeros(NUM_ORGAN_LABELS, dtype=np.float32)
     kinds = np.zeros(len(FINDING_TYPES), dtype=np.float32)
+    organ_boxes = np.zeros((NUM_ORGAN_LABELS, 4), dtype=np.float32)
+    kind_boxes = np.zeros((len(FINDING_TYPES), 4), dtype=np.float32)
     organ_label = {o.name: o.label for o in ORGANS}
-    for finding in findings:
+    for finding in sorted(findings, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])):  # largest last
+        box = np.array(finding.box, dtype=np.float32) / 1000.0
         if finding.organ in organ_label:
             hosts[organ_label[finding.organ]] = 1.0
+            organ_boxes[organ_label[finding.organ]] = box
         if finding.label in FINDING_INDEX:
             kinds[FINDING_INDEX[finding.label]] = 1.0
-    return hosts, kinds, min(len(findings), MAX_COUNT_CLASS)
+            kind_boxes[FINDING_INDEX[finding.label]] = box
+    return hosts, kinds, min(len(findings), MAX_COUNT_CLASS), organ_boxes, kind_boxes
 
 
 class DenseTargetCache:
@@ -112,16 +126,16 @@ class DenseTargetCache:
             else:
                 organ = np.full(self.grid * self.grid, IGNORE, dtype=np.int64)
             presence, boxes = lesion_patch_targets([f.box for f in record.case_findings], self.grid)
-            hosts, kinds, count = image_level_targets(record.case_findings)
+            hosts, kinds, count, organ_boxes, kind_boxes = image_level_targets(record.case_findings)
             self._cache[key] = (torch.from_numpy(organ), torch.from_numpy(presence), torch.from_numpy(boxes),
-                                torch.from_numpy(hosts), torch.from_numpy(kinds), torch.tensor(count))
+                                torch.from_numpy(hosts), torch.from_numpy(kinds), torch.tensor(count),
+                                torch.from_numpy(organ_boxes), torch.from_numpy(kind_boxes))
         return self._cache[key]
 
     def batch(self, records: list[VQARecord]) -> dict[str, torch.Tensor]:
         """Stacked targets for the first record of each sequence (all turns share the image)."""
-        organ, lesion, box, hosts, kinds, count = zip(*(self.get(r) for r in records))
-        return {"organ": torch.stack(organ), "lesion": torch.stack(lesion), "box": torch.stack(box),
-                "hosts": torch.stack(hosts), "kinds": torch.stack(kinds), "count": torch.stack(count)}
+        names = ("organ", "lesion", "box", "hosts", "kinds", "count", "organ_boxes", "kind_boxes")
+        return {name: torch.stack(values) for name, values in zip(names, zip(*(self.get(r) for r in records)))}
 
 
 def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
@@ -152,10 +166,13 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
         count_logits = outputs["count"].float()
         count_ce = nn.functional.cross_entropy(count_logits.reshape(-1, count_logits.shape[-1]),
                                                targets["count"][:, None].expand(-1, patches).reshape(-1))
-        loss = loss + image_weight * (hosts_bce + kinds_bce + count_ce)
+        boxes_l1 = (_masked_box_l1(outputs["organ_boxes"], targets["organ_boxes"], targets["hosts"])
+                    + _masked_box_l1(outputs["kind_boxes"], targets["kind_boxes"], targets["kinds"]))
+        loss = loss + image_weight * (hosts_bce + kinds_bce + count_ce + box_weight * boxes_l1)
         with torch.no_grad():  # exact match of the host-organ set, read from every patch
             hosts_hit = ((outputs["hosts"] > 0).float() == targets["hosts"][:, None]).all(-1).float().mean()
-        image_parts = {"hosts_bce": hosts_bce.item(), "count_ce": count_ce.item(), "hosts_acc": hosts_hit.item()}
+        image_parts = {"hosts_bce": hosts_bce.item(), "count_ce": count_ce.item(), "hosts_acc": hosts_hit.item(),
+                       "image_box_l1": boxes_l1.item()}
     with torch.no_grad():
         valid = targets["organ"] != IGNORE
         organ_acc = ((organ_logits.argmax(-1) == targets["organ"]) & valid).sum() / valid.sum().clamp_min(1)
@@ -164,3 +181,11 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     parts = {"organ_ce": organ_ce.item(), "lesion_bce": lesion_bce.item(), "box_l1": box_l1.item(),
              "organ_acc": organ_acc.item(), "lesion_recall": recall.item(), **image_parts}
     return loss, parts
+
+
+def _masked_box_l1(predicted: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Mean L1 of (B, P, K, 4) box predictions against (B, K, 4) targets where ``present`` (B, K) is 1."""
+    mask = present[:, None, :, None].expand_as(predicted)
+    if not mask.any():
+        return predicted.sum() * 0.0
+    return (predicted - target[:, None]).abs()[mask > 0].mean()

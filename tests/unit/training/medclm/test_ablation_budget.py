@@ -58,10 +58,12 @@ def test_image_level_targets_name_host_organs_kinds_and_count():
                               size_mm=4.0),
                 FindingRecord(label="mass", organ=None, box_px=(1, 1, 5, 5), box=(1, 1, 5, 5), overlap=None,
                               size_mm=30.0)]
-    hosts, kinds, count = image_level_targets(findings)
+    hosts, kinds, count, organ_boxes, kind_boxes = image_level_targets(findings)
     assert hosts.shape == (NUM_ORGAN_LABELS,) and np.flatnonzero(hosts).tolist() == [8]  # left lung's label
     assert kinds.sum() == 2 and count == 2
     assert image_level_targets([])[2] == 0 and image_level_targets(findings * 3)[2] == 3  # "3 or more"
+    assert organ_boxes[8].tolist() == pytest.approx([0.001, 0.001, 0.005, 0.005]) and not organ_boxes[1].any()
+    assert kind_boxes.any(axis=1).sum() == 2
 
 
 def test_variant_names_and_the_table():
