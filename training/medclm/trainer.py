@@ -98,8 +98,12 @@ def scale_phases(phases: list[Phase], total: int) -> list[Phase]:
     if total < len(phases):
         raise MedCLMError(f"curriculum_steps={total} is fewer than the curriculum's {len(phases)} phases")
     planned = sum(p.steps for p in phases)
-    scaled = [Phase(p.name, max(1, round(p.steps * total / planned))) for p in phases[:-1]]
-    return scaled + [Phase(phases[-1].name, total - sum(p.steps for p in scaled))]
+    steps = [max(1, round(p.steps * total / planned)) for p in phases[:-1]]
+    steps.append(total - sum(steps))
+    while steps[-1] < 1:  # rounding up the small phases left the last none: take from the largest
+        steps[steps.index(max(steps[:-1]))] -= 1
+        steps[-1] += 1
+    return [Phase(p.name, n) for p, n in zip(phases, steps)]
 
 
 def adaptive_epoch_steps(config: MedCLMConfig, phase_steps: int) -> int:

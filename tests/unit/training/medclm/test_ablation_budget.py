@@ -19,7 +19,8 @@ def test_scaled_phases_keep_their_proportions_and_sum_to_the_budget():
     scaled = scale_phases([Phase("easy", 100), Phase("medium", 300), Phase("hard", 50)], 90)
     assert [p.name for p in scaled] == ["easy", "medium", "hard"]
     assert [p.steps for p in scaled] == [20, 60, 10] and sum(p.steps for p in scaled) == 90
-    assert sum(p.steps for p in scale_phases([Phase("a", 7), Phase("b", 1), Phase("c", 1)], 4)) == 4
+    crowded = scale_phases([Phase("a", 7), Phase("b", 1), Phase("c", 1)], 4)  # rounding leaves c nothing
+    assert [p.steps for p in crowded] == [2, 1, 1]
     with pytest.raises(MedCLMError):
         scale_phases([Phase("a", 1), Phase("b", 1), Phase("c", 1)], 2)
 
