@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import email.parser
-import email.policy
 import json
 import sys
 from pathlib import Path
@@ -48,11 +46,11 @@ def _http_json_and_dicom(response) -> tuple[dict, list[tuple[str, str, bytes]]]:
     """The JSON result and the DICOM parts of a /v1/ask or /v1/segment answer (JSON or multipart/related)."""
     if not response.headers.get("content-type", "").startswith("multipart/related"):
         return response.json(), []
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
-    root, *parts = message.iter_parts()
-    result = json.loads(root.get_payload(decode=True))
-    outputs = [(meta["format"], meta["sop_instance_uid"], part.get_payload(decode=True))
+    from service.pacs.multipart import read_multipart_related
+
+    root, *parts = read_multipart_related(response.headers["content-type"], response.content)
+    result = json.loads(root.data)
+    outputs = [(meta["format"], meta["sop_instance_uid"], part.data)
                for meta, part in zip(result["dicom_outputs"], parts)]
     return result, outputs
 

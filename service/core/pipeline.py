@@ -68,6 +68,13 @@ def segmenter_input(decoded: DecodedImage):
     return decoded.pixels
 
 
+def seg_output(decoded: DecodedImage, labels, segmenter: RepositoryModel, frame: int) -> DicomOutput:
+    """The DICOM SEG of ``labels`` (the segmenter's label map of ``decoded``), encoded."""
+    segmentation = build_segmentation(decoded.dicom, labels, decoded.modality,
+                                      ModelIdentity(segmenter.name, segmenter.fingerprint), frame=frame)
+    return to_output("dicom-seg", segmentation)
+
+
 class Pipeline:
     """Implements :class:`service.core.api.ServiceCore` over one set of engines."""
 
@@ -402,10 +409,7 @@ class Pipeline:
                                       frame=request.image.frame)
                 outputs.append(to_output(name, report))
             elif name == "dicom-seg" and seg_model is not None and labels is not None:
-                segmentation = build_segmentation(decoded.dicom, labels, decoded.modality,
-                                                  ModelIdentity(seg_model.name, seg_model.fingerprint),
-                                                  frame=request.image.frame)
-                outputs.append(to_output(name, segmentation))
+                outputs.append(seg_output(decoded, labels, seg_model, request.image.frame))
         return outputs
 
     # --- segmentation ---
@@ -464,10 +468,8 @@ class Pipeline:
         self.metrics.engine.labels(model=model.name).observe(engine_seconds)
         organs = await asyncio.to_thread(organ_masks, labels, decoded.pixel_spacing_mm, request.mask_format)
         outputs: list[DicomOutput] = []
-        if "dicom-seg" in formats:
-            segmentation = await asyncio.to_thread(build_segmentation, decoded.dicom, labels, decoded.modality,
-                                                   ModelIdentity(model.name, model.fingerprint), request.image.frame)
-            outputs.append(to_output("dicom-seg", segmentation))
+        if "dicom-seg" in formats:  # built and encoded off the event loop, like Ask's outputs
+            outputs.append(await asyncio.to_thread(seg_output, decoded, labels, model, request.image.frame))
             await self._store(request.image, outputs, request.deadline)
         timings = Timings(preprocess_ms=_ms(preprocess), engine_ms=_ms(engine_seconds),
                           total_ms=_ms(time.perf_counter() - arrived))

@@ -5,14 +5,12 @@ makes an HTTP request on the caller's behalf, so every URL is checked first (:me
 http(s) only, no user-info, and the host must be one the operator allowed — an exact match, never a DNS
 lookup or a suffix rule, so a caller cannot point the service at another machine (SSRF). Redirects are not
 followed for the same reason. Responses are read as a stream and abandoned as soon as they pass the size
-limit; multipart bodies are parsed with the standard library's MIME parser.
+limit; multipart bodies are read and written by :mod:`service.pacs.multipart`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.errors import ErrorCode, ServiceError, invalid
-from service.pacs.multipart import Part, multipart_related
+from service.pacs.multipart import Part, multipart_related, read_multipart_related
 
 FIELD = "image.dicomweb"
 RETRY_AFTER_S = 5.0  # a PACS that is restarting or overloaded usually answers again within seconds
@@ -195,15 +193,14 @@ def dicom_part_from_multipart(content_type: str, body: bytes) -> bytes:
     UNAVAILABLE (the server answered, but not with an instance) when the body is not multipart, holds no
     DICOM part or several, or the part is not a DICOM Part-10 file.
     """
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
-    if message.get_content_type() != "multipart/related" or not message.is_multipart():
-        raise _no_instance(f"the response is {message.get_content_type()}, not multipart/related")
-    parts = [part for part in message.iter_parts() if part.get_content_type() == DICOM_MEDIA_TYPE]
+    try:
+        parts = [part for part in read_multipart_related(content_type, body) if part.media_type == DICOM_MEDIA_TYPE]
+    except ValueError as error:
+        raise _no_instance(str(error)) from None
     if len(parts) != 1:
         raise _no_instance(f"the response holds {len(parts)} application/dicom parts, not one")
-    instance = parts[0].get_payload(decode=True)
-    if not isinstance(instance, bytes) or instance[128:132] != b"DICM":
+    instance = parts[0].data
+    if instance[128:132] != b"DICM":
         raise _no_instance("the application/dicom part is not a DICOM Part-10 file")
     return instance
 

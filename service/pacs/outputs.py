@@ -8,10 +8,6 @@ from collections.abc import Iterable, Sequence
 from service.core.types import DICOM_FORMATS, OUTPUT_FORMATS, DicomOutput
 from service.errors import invalid
 
-# Transfer syntax of every written object: explicit VR little endian, which every PACS accepts.
-ENCODING = {"enforce_file_format": True}
-
-
 def check_output_formats(formats: Iterable[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
     """``formats`` without duplicates, in request order; ("json",) when empty. INVALID_ARGUMENT (field
     ``output_formats[i]``) for a name that is not a format at all or that ``what`` cannot produce."""
@@ -35,7 +31,7 @@ def wants_dicom(formats: Iterable[str]) -> bool:
 def to_output(format_name: str, dataset) -> DicomOutput:
     """A written DICOM object (highdicom or pydicom Dataset) as Part-10 bytes with its identifying UIDs."""
     buffer = io.BytesIO()
-    dataset.save_as(buffer, **ENCODING)
+    dataset.save_as(buffer, enforce_file_format=True)  # a Part-10 file: preamble, "DICM", file meta
     return DicomOutput(format=format_name, data=buffer.getvalue(), sop_class_uid=str(dataset.SOPClassUID),
                        sop_instance_uid=str(dataset.SOPInstanceUID),
                        series_instance_uid=str(dataset.SeriesInstanceUID))

@@ -75,12 +75,8 @@ def build_segmentation(source, labels: np.ndarray, modality: str, model: ModelId
             manufacturer_model_name=model.name, software_versions=model.software_versions,
             device_serial_number=model.fingerprint or "unknown", series_description=SEG_SERIES_DESCRIPTION,
             content_label="ORGANS", content_description="Organ segmentation by MedCLM",
-            omit_empty_frames=not all_empty(segment_map), contributing_equipment=[equipment])
+            # highdicom needs one frame at least: a map with no organ keeps its (empty) frames
+            omit_empty_frames=bool(segment_map.any()), contributing_equipment=[equipment])
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         # highdicom names the attribute or geometry it could not use; that is a property of the input file
         raise invalid(f"cannot derive a DICOM SEG from this source: {error}", "image") from None
-
-
-def all_empty(segment_map: np.ndarray) -> bool:
-    """No pixel belongs to any segment (then every frame is kept, since highdicom needs at least one)."""
-    return not segment_map.any()

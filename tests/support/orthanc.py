@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.service_process import stop_process
+
 INSTALL_HINT = "run `make install` (scripts/setup_env.sh installs the Debian packages orthanc and orthanc-dicomweb)"
 # Where Debian's orthanc-dicomweb puts the plugin (a symlink to /usr/lib/orthanc/libOrthancDicomWeb.so.<version>).
 DICOMWEB_PLUGIN_CANDIDATES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
@@ -85,14 +87,7 @@ class OrthancProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """Terminate, wait, kill after ``timeout``; the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 def orthanc_binary() -> str:

@@ -57,14 +57,19 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, wait, return the exit code (kill after ``timeout``)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM a test's server process, wait, SIGKILL after ``timeout``; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def service_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -78,9 +78,8 @@ def run_ablation(config: MedCLMConfig, data_dir: Path, out_dir: Path, steps: int
             final = result.checkpoints[-1]
             report = evaluate_checkpoint(final, data_dir, "test", limit, threads=threads)
             write_report(report, run_dir / "evaluation")
-            steps_done = sum(1 for h in result.history if h["phase"] != "warmup")  # logged entries, for a check
             summary = {"variant": name, "curriculum": curriculum, "znorm": znorm, "checkpoint": str(final),
-                       "train_seconds": round(seconds, 1), "steps": steps, "logged_steps": steps_done,
+                       "train_seconds": round(seconds, 1), "steps": steps,
                        "reasoning": report["reasoning"]["overall"], "brief": report["brief"]["overall"]}
             summary_path.write_text(json.dumps(summary, indent=1))
         rows.append(summary)

@@ -82,18 +82,6 @@ def bomb_png() -> bytes:
 
 
 # --- clients ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def stub(service):
-    with grpc.insecure_channel(service.grpc_address) as channel:
-        yield medclm_pb2_grpc.MedCLMStub(channel)
-
-
-@pytest.fixture(scope="module")
-def http(service):
-    with httpx.Client(base_url=service.http_url, timeout=120) as client:
-        yield client
-
-
 def image_body(data: bytes, media_type: str, **extra) -> dict:
     return {"data_base64": base64.b64encode(data).decode(), "media_type": media_type, **extra}
 

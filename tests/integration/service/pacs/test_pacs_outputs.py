@@ -4,8 +4,6 @@ read back with pydicom and highdicom, and a real Orthanc PACS as the DICOMweb so
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
 import io
 import json
 
@@ -18,24 +16,13 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from service.core.masks import decode_rle
-from service.grpc.gen import medclm_pb2, medclm_pb2_grpc
+from service.grpc.gen import medclm_pb2
+from service.pacs.multipart import read_multipart_related
 from service.pacs.sr import polyline_box
 from tests.support.files import dicom_from_phantom
 
 pytestmark = pytest.mark.timeout(600)
 CT_SMALL = get_testdata_file("CT_small.dcm")
-
-
-@pytest.fixture(scope="module")
-def stub(service):
-    with grpc.insecure_channel(service.grpc_address) as channel:
-        yield medclm_pb2_grpc.MedCLMStub(channel)
-
-
-@pytest.fixture(scope="module")
-def http(service):
-    with httpx.Client(base_url=service.http_url, timeout=120) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +41,7 @@ def image_body(data: bytes) -> dict:
 
 
 def parts_of(response: httpx.Response) -> list:
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
-    assert message.get_content_type() == "multipart/related", response.headers["content-type"]
-    return list(message.iter_parts())
+    return read_multipart_related(response.headers["content-type"], response.content)
 
 
 def regions(sr) -> list[float]:
@@ -85,7 +69,8 @@ def test_pydicom_ct_small_round_trips_through_both_outputs_over_grpc(stub):
 
     assert [o.format for o in reply.dicom_outputs] == ["dicom-sr", "dicom-seg"]
     sr = hd.sr.srread(io.BytesIO(reply.dicom_outputs[0].data))
-    assert sr.SOPInstanceUID == reply.dicom_outputs[0].sop_instance_uid and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SOPInstanceUID == reply.dicom_outputs[0].sop_instance_uid
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
     returned = [(f.box_px.x1, f.box_px.y1, f.box_px.x2, f.box_px.y2) for f in reply.findings]
@@ -129,9 +114,9 @@ def test_http_sr_regions_are_the_known_boxes_of_a_memorised_case(http, memorised
                                        "output_formats": ["json", "dicom-sr"]})
     assert reply.status_code == 200, reply.text
     root, sr_part = parts_of(reply)
-    body = json.loads(root.get_payload(decode=True))
+    body = json.loads(root.data)
     assert body["text"] == record.target and body["findings"]
-    sr = hd.sr.srread(io.BytesIO(sr_part.get_payload(decode=True)))
+    sr = hd.sr.srread(io.BytesIO(sr_part.data))
     boxes = [tuple(f["box_px"][k] for k in ("x1", "y1", "x2", "y2")) for f in body["findings"]]
     assert regions(sr) == pytest.approx(flat(boxes), abs=1e-3)
     sites = [g.finding_sites[0].value.meaning.lower() for g in sr.content.get_planar_roi_measurement_groups()]
@@ -177,12 +162,12 @@ def test_a_study_in_orthanc_is_fetched_by_uid_and_its_seg_and_sr_are_stored_back
                                        "output_formats": ["json", "dicom-sr", "dicom-seg"]})
     assert reply.status_code == 200, reply.text
     root, *dicom_parts = parts_of(reply)
-    body = json.loads(root.get_payload(decode=True))
+    body = json.loads(root.data)
     assert body["text"] == record.target  # the fetched instance reached the model as the uploaded file did
     assert [o["stored"] for o in body["dicom_outputs"]] == [True, True]
     stored = {o["sop_instance_uid"] for o in body["dicom_outputs"]}
     assert stored <= orthanc.sop_instance_uids()
-    studies = {pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))).StudyInstanceUID for p in dicom_parts}
+    studies = {pydicom.dcmread(io.BytesIO(p.data)).StudyInstanceUID for p in dicom_parts}
     assert studies == {source.StudyInstanceUID}  # the results join the source's study in the PACS
 
     grpc_reference = medclm_pb2.DicomWebReference(**reference)
