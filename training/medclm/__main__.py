@@ -11,6 +11,7 @@ Examples:
     python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
     python -m training.medclm image-reliance --checkpoint runs/tiny/05-hard --data data/default
     python -m training.medclm ablation --data data/medclm --out runs/ablation --steps 600
+    python -m training.medclm blob-probe
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     reliance.add_argument("--count", type=int, default=32, help="questions, each on a different image")
     reliance.add_argument("--stage", default="hard", choices=("easy", "medium", "hard"))
 
+    probe = sub.add_parser("blob-probe", help="synthetic control: can the language model learn an answer only the "
+                                              "image holds, under each way of training the tower?")
+    probe.add_argument("--steps", type=int, default=200, help="answer-loss steps per setting")
+    probe.add_argument("--seed", type=int, default=0)
+
     export = sub.add_parser("export", help="write the checkpoint into a Triton vLLM-backend model repository")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--model-repository", type=Path, required=True)
@@ -128,6 +134,10 @@ def run_command(args: argparse.Namespace) -> dict:
         from training.medclm.image_reliance import image_reliance
 
         return image_reliance(args.checkpoint, args.data, args.split, args.count, args.stage)
+    if args.command == "blob-probe":
+        from training.medclm.blob_probe import blob_probe
+
+        return {"settings": blob_probe(args.steps, args.seed)}
     if args.command == "export":
         from training.medclm.export import export_model
 

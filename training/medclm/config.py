@@ -53,6 +53,10 @@ class MedCLMConfig:
     dense_box_weight: float = 2.0  # L1 box regression on lesion patches, coordinates in [0, 1]
     dense_image_weight: float = 0.0  # image-level answers (host organs, finding types, count) on every patch
     freeze_projector: bool = False  # keep the projector as warm-up/calibration left it during the LM stages
+    freeze_vision: bool = True  # freeze the tower after warm-up (or a pretrained one from the start), as LLaVA
+    # freezes CLIP: the language model's large early gradients through the projector erased the warmed-up
+    # lesion features, even at vision_lr (synthetic 4-px blob task: read within 25 steps with a frozen
+    # tower, never while the tower trained; docs/medclm.md)
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
@@ -87,6 +91,8 @@ class MedCLMConfig:
     # --- optimisation ---
     batch_size: int = 8  # sequences per step (x questions_per_image questions); fills 2 cores without stalls
     lr: float = 2e-3  # from scratch a 5M model needs ~50x the paper's 2e-5 (that one fine-tunes a 7B model)
+    vision_lr: float = 1e-4  # the CLIP tower's peak LR: at 2e-3 the from-scratch tower collapsed to constant
+    # features (synthetic 4-px blob task: per-patch recall 0 after 200 steps at 2e-3, 1.0 after 80 at 1e-4)
     min_lr: float = 1e-5  # cosine floor, ~1% of the peak like the paper's 2e-5 -> 1e-6 ratio
     lr_warmup_steps: int = 100  # linear warm-up: Adam's moments are noisy in the first steps
     betas: tuple[float, float] = (0.9, 0.98)  # paper; 0.98 reacts faster to the curriculum's stage switches
@@ -120,6 +126,8 @@ class MedCLMConfig:
             problems.append("replay must be in [0, 1)")
         if min(self.answer_weight, self.reasoning_weight) < 0 or self.answer_weight == 0:
             problems.append("answer_weight must be > 0 and reasoning_weight >= 0")
+        if min(self.lr, self.vision_lr) <= 0:
+            problems.append("lr and vision_lr must be > 0")
         if len(self.betas) != 2:
             problems.append("betas needs two values")
         if problems:

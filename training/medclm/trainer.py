@@ -183,14 +183,20 @@ def _lr_lambda(config: MedCLMConfig, total_steps: int):
     return factor
 
 
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; norms, biases and the CLIP class/position vectors are not decayed."""
-    decay, no_decay = [], []
-    for _name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if param.ndim >= 2 and "position_embedding" not in _name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _param_groups(objective: "MedCLMObjective", config: MedCLMConfig) -> list[dict]:
+    """AdamW groups: the vision tower at ``vision_lr``, everything else at ``lr``; each split into decayed
+    matrices and undecayed norms, biases and the CLIP class/position vectors (as in nanoGPT)."""
+    tower = {id(p) for p in base_llava(objective.model).model.vision_tower.parameters()}
+    groups = []
+    for in_tower, lr in ((False, config.lr), (True, config.vision_lr)):
+        decay, no_decay = [], []
+        for name, param in objective.named_parameters():
+            if not param.requires_grad or (id(param) in tower) != in_tower:
+                continue
+            (decay if param.ndim >= 2 and "position_embedding" not in name else no_decay).append(param)
+        groups += [{"params": decay, "weight_decay": config.weight_decay, "lr": lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    return [group for group in groups if group["params"]]
 
 
 def _calibrate(objective: MedCLMObjective, dataset: Dataset, images: ImageCache, config: MedCLMConfig,
@@ -264,8 +270,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     objective = MedCLMObjective(model, heads, config)
-    optimizer = torch.optim.AdamW(_param_groups(objective, config.weight_decay), lr=config.lr,
-                                  betas=config.betas)
+    optimizer = torch.optim.AdamW(_param_groups(objective, config), lr=config.lr, betas=config.betas)
     phases = plan_phases(config, dataset, world)
     total_steps = sum(p.steps for p in phases)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
@@ -309,9 +314,17 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
         if (config.calibrate_projector and not config.init_from and phase.name != "warmup" and index > 0
                 and phases[index - 1].name == "warmup"):
             _calibrate(accelerator.unwrap_model(objective), dataset, images, config, accelerator)
+        llava = base_llava(accelerator.unwrap_model(objective).model)
         if config.freeze_projector and phase.name != "warmup":
-            for param in base_llava(accelerator.unwrap_model(objective).model).model.multi_modal_projector.parameters():
-                param.requires_grad_(False)
+            llava.model.multi_modal_projector.requires_grad_(False)
+        # Frozen once it has learnt to see: after the warm-up, or from the start for a pretrained tower;
+        # a random tower without warm-up keeps training (frozen, it would stay blind).
+        tower_frozen = (config.freeze_vision and phase.name != "warmup"
+                        and (config.warmup_steps > 0 or bool(config.init_from)))
+        if tower_frozen:
+            llava.model.vision_tower.requires_grad_(False)
+        # The dense loss after warm-up only keeps a training tower seeing; a frozen one needs no heads.
+        dense_weight = 0.0 if tower_frozen else config.dense_weight
         if phase.name == "warmup":
             batches = _warmup_batches(dataset, rng, config.batch_size * config.questions_per_image * world)
         elif phase.name == "adaptive":
@@ -355,11 +368,11 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
                     batch = {k: v.to(accelerator.device) for k, v in collate(sequences, tokenizer.pad_token_id).items()}
                     pixels = torch.stack([images.get(p.image, p.records[0].modality) for p in mine])
                     dense = None
-                    if heads is not None and config.dense_weight > 0:
+                    if heads is not None and dense_weight > 0:
                         dense = {k: v.to(accelerator.device)
                                  for k, v in dense_targets.batch([p.records[0] for p in mine]).items()}
                     out = objective(pixels.to(accelerator.device), batch["input_ids"], batch["attention_mask"],
-                                    batch["weights"], dense_targets=dense, dense_weight=config.dense_weight)
+                                    batch["weights"], dense_targets=dense, dense_weight=dense_weight)
                     samples += sum(len(p.records) for p in mine)
             accelerator.backward(out["loss"])
             if config.znorm:

@@ -50,6 +50,13 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)  # vLLM's names
     assert json.loads((last / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
+    # freeze_vision (default): the tower trains only in the warm-up; the language model goes on training.
+    with safe_open(str(result.checkpoints[0] / "model.safetensors"), "pt") as handle:
+        assert torch.equal(handle.get_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight"), patch)
+        warm_lm_head = handle.get_tensor("language_model.lm_head.weight")
+    with safe_open(str(last / "model.safetensors"), "pt") as handle:
+        assert not torch.equal(handle.get_tensor("language_model.lm_head.weight"), warm_lm_head)
+
     # The checkpoint works with plain transformers, no training code involved, and loads cleanly.
     model, info = LlavaForConditionalGeneration.from_pretrained(last, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -101,3 +108,23 @@ def test_lora_run_from_a_local_checkpoint_exports_plain_llava(tiny_data, micro, 
         assert not any("lora" in k for k in handle.keys())
     resumed = train(config, tiny_data, tmp_path / "lora2", resume=exported, progress=False)
     assert resumed.checkpoints == []  # nothing left to do, but the LoRA state loaded without error
+
+
+def test_optimizer_groups_give_the_vision_tower_its_own_learning_rate(tiny_tokenizer, micro):
+    from training.medclm.model import build_model
+    from training.medclm.objective import MedCLMObjective
+    from training.medclm.trainer import _param_groups
+    from training.medclm.warmup import VisionWarmupHeads
+
+    config = micro(lr=2e-3, vision_lr=1e-4)
+    model = build_model(config, tiny_tokenizer)
+    objective = MedCLMObjective(model, VisionWarmupHeads(config.vision_hidden), config)
+    groups = _param_groups(objective, config)
+    lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert len(lr_of) == sum(len(group["params"]) for group in groups) == len(list(objective.parameters()))
+    tower = {id(p) for p in model.model.vision_tower.parameters()}
+    assert {lr_of[i] for i in tower} == {1e-4}
+    assert {lr for i, lr in lr_of.items() if i not in tower} == {2e-3}  # text model, projector, warm-up heads
+    decayed = {id(p) for group in groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert id(model.model.vision_tower.embeddings.position_embedding.weight) not in decayed
+    assert id(model.lm_head.weight) in decayed
