@@ -132,5 +132,5 @@ def run_setting(setting: ProbeSetting, steps: int = 200, lr: float = 2e-3, seed:
 
 
 def blob_probe(steps: int = 200, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Every setting of :data:`SETTINGS`, one after another (about 1 min each on 2 cores)."""
+    """Every setting of :data:`SETTINGS`, one after another (about 2 min each on 2 cores)."""
     return [run_setting(setting, steps=steps, seed=seed, progress=progress) for setting in SETTINGS]

@@ -183,7 +183,7 @@ def _lr_lambda(config: MedCLMConfig, total_steps: int):
     return factor
 
 
-def _param_groups(objective: "MedCLMObjective", config: MedCLMConfig) -> list[dict]:
+def _param_groups(objective: MedCLMObjective, config: MedCLMConfig) -> list[dict]:
     """AdamW groups: the vision tower at ``vision_lr``, everything else at ``lr``; each split into decayed
     matrices and undecayed norms, biases and the CLIP class/position vectors (as in nanoGPT)."""
     tower = {id(p) for p in base_llava(objective.model).model.vision_tower.parameters()}
