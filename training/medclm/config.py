@@ -55,8 +55,8 @@ class MedCLMConfig:
     freeze_projector: bool = False  # keep the projector as warm-up/calibration left it during the LM stages
     freeze_vision: bool = True  # freeze the tower after warm-up (or a pretrained one from the start), as LLaVA
     # freezes CLIP: the language model's large early gradients through the projector erased the warmed-up
-    # lesion features, even at vision_lr (synthetic 4-px blob task: read within 25 steps with a frozen
-    # tower, never while the tower trained; docs/medclm.md)
+    # lesion features, even at vision_lr (blob-probe: read with a frozen tower, never while the tower
+    # trained; docs/medclm.md)
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
