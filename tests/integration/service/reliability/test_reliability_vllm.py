@@ -173,8 +173,8 @@ def test_a_deadline_that_passes_during_generation_aborts_it_on_both_transports(l
     wait_until(lambda: engine.running() == 0, "vLLM to drop the expired gRPC request")
     assert engine.aborts() == before + 1
 
-    reply = httpx.post(f"{long_service.http_url}/v1/ask", json=ask_body(), headers={"X-Request-Timeout": str(MID_GENERATION_DEADLINE_S)},
-                       timeout=60)
+    reply = httpx.post(f"{long_service.http_url}/v1/ask", json=ask_body(),
+                       headers={"X-Request-Timeout": str(MID_GENERATION_DEADLINE_S)}, timeout=60)
     assert reply.status_code == 504 and reply.json()["error"]["code"] == "DEADLINE_EXCEEDED"
     wait_until(lambda: engine.running() == 0, "vLLM to drop the expired HTTP request")
     assert engine.aborts() == before + 2
