@@ -25,6 +25,7 @@ from training.medclm.model import build_model
 from training.medclm.objective import MedCLMObjective
 from training.medclm.prompts import INSTRUCTIONS
 from training.medclm.tokenizer import train_tokenizer
+from training.medclm.trainer import param_groups
 
 QUESTION = "Is there a bright square in the image?"
 SQUARE = 4  # pixels: a lesion-sized spot at 128 px, inside one 16-px patch or across up to four
@@ -72,7 +73,7 @@ def run_setting(setting: ProbeSetting, steps: int = 200, lr: float = 2e-3, seed:
     """Train one setting from scratch; returns warm-up recall and the final own/other answer losses."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = MedCLMConfig(lr=lr, vision_lr=setting.vision_lr)
+    config = MedCLMConfig(lr=lr, vision_lr=setting.vision_lr, weight_decay=0.0)
     tokenizer = train_tokenizer(list(INSTRUCTIONS) + [QUESTION, "Answer: yes", "Answer: no"], 256)
     model = build_model(config, tokenizer)
     objective = MedCLMObjective(model, None, config)
@@ -102,11 +103,7 @@ def run_setting(setting: ProbeSetting, steps: int = 200, lr: float = 2e-3, seed:
 
     if setting.freeze_tower:
         tower.requires_grad_(False)
-    tower_ids = {id(p) for p in tower.parameters()}
-    trainable = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in trainable if id(p) not in tower_ids], "lr": lr},
-                                   {"params": [p for p in trainable if id(p) in tower_ids],
-                                    "lr": setting.vision_lr}], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(param_groups(objective, config))  # the trainer's groups: tower at vision_lr
     sequences = {answer: tokenize_turns(tokenizer, [_Record(answer)], config.image_tokens, 0.8, 0.2)
                  for answer in ("yes", "no")}
 

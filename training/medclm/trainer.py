@@ -183,7 +183,7 @@ def _lr_lambda(config: MedCLMConfig, total_steps: int):
     return factor
 
 
-def _param_groups(objective: MedCLMObjective, config: MedCLMConfig) -> list[dict]:
+def param_groups(objective: MedCLMObjective, config: MedCLMConfig) -> list[dict]:
     """AdamW groups: the vision tower at ``vision_lr``, everything else at ``lr``; each split into decayed
     matrices and undecayed norms, biases and the CLIP class/position vectors (as in nanoGPT)."""
     tower = {id(p) for p in base_llava(objective.model).model.vision_tower.parameters()}
@@ -270,7 +270,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     objective = MedCLMObjective(model, heads, config)
-    optimizer = torch.optim.AdamW(_param_groups(objective, config), lr=config.lr, betas=config.betas)
+    optimizer = torch.optim.AdamW(param_groups(objective, config), lr=config.lr, betas=config.betas)
     phases = plan_phases(config, dataset, world)
     total_steps = sum(p.steps for p in phases)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))

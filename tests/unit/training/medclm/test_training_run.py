@@ -113,13 +113,13 @@ def test_lora_run_from_a_local_checkpoint_exports_plain_llava(tiny_data, micro, 
 def test_optimizer_groups_give_the_vision_tower_its_own_learning_rate(tiny_tokenizer, micro):
     from training.medclm.model import build_model
     from training.medclm.objective import MedCLMObjective
-    from training.medclm.trainer import _param_groups
+    from training.medclm.trainer import param_groups
     from training.medclm.warmup import VisionWarmupHeads
 
     config = micro(lr=2e-3, vision_lr=1e-4)
     model = build_model(config, tiny_tokenizer)
     objective = MedCLMObjective(model, VisionWarmupHeads(config.vision_hidden), config)
-    groups = _param_groups(objective, config)
+    groups = param_groups(objective, config)
     lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
     assert len(lr_of) == sum(len(group["params"]) for group in groups) == len(list(objective.parameters()))
     tower = {id(p) for p in model.model.vision_tower.parameters()}
