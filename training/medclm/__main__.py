@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     last = result.evaluations[-1] if result.evaluations else {}
     print(json.dumps({"out": str(result.out_dir), "checkpoints": [str(c) for c in result.checkpoints],
-                      "seconds": round(result.seconds, 1), "parameters": result.parameters, "evaluation": last}))
+                      "seconds": round(result.seconds, 1), "peak_memory_mb": result.peak_memory_mb,
+                      "parameters": result.parameters, "evaluation": last}))
     return 0
 
 

@@ -11,6 +11,7 @@ checkpoint format and data fingerprint on resume.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,16 @@ class TrainResult:
     seconds: float
     parameters: int
     examples: list[dict] = field(default_factory=list)
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak memory so far: resident set (``rss``; Linux reports kB) and, on a GPU, the
+    largest amount torch has allocated (``gpu``). Per process: a data-parallel run reports its main rank."""
+    peaks = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peaks["gpu"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks
 
 
 def _stage_records(dataset: Dataset, stage: str) -> list:
@@ -171,14 +182,28 @@ class _DomainSampler:
         return batch
 
 
-def _lr_lambda(config: MedCLMConfig, total_steps: int):
+def lr_factor(config: MedCLMConfig, warmup_steps: int, total_steps: int):
+    """Multiplier of the peak LR at each global step: linear warm-up over ``lr_warmup_steps``, then cosine
+    decay to ``min_lr``.
+
+    With ``lr_schedule="per-stage"`` the vision warm-up (its first ``warmup_steps`` steps) and the language
+    stages after it each get their own warm-up and cosine, like LLaVA's separately scheduled stages. With
+    ``"single"`` one cosine spans the whole run.
+    """
     floor = config.min_lr / config.lr
+    split = warmup_steps if config.lr_schedule == "per-stage" and 0 < warmup_steps < total_steps else 0
+
+    def cosine(step: int, length: int) -> float:
+        ramp = min(config.lr_warmup_steps, max(1, length // 2))
+        if step < ramp:
+            return (step + 1) / ramp
+        progress = min(1.0, (step - ramp) / max(1, length - ramp))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def factor(step: int) -> float:
-        if step < config.lr_warmup_steps:
-            return (step + 1) / config.lr_warmup_steps
-        progress = min(1.0, (step - config.lr_warmup_steps) / max(1, total_steps - config.lr_warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if step < split:
+            return cosine(step, split)
+        return cosine(step - split, total_steps - split)
 
     return factor
 
@@ -273,7 +298,8 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
     optimizer = torch.optim.AdamW(param_groups(objective, config), lr=config.lr, betas=config.betas)
     phases = plan_phases(config, dataset, world)
     total_steps = sum(p.steps for p in phases)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
+    warmup_steps = sum(p.steps for p in phases if p.name == "warmup")
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, warmup_steps, total_steps))
     objective, optimizer = accelerator.prepare(objective, optimizer)
 
     first_phase, global_step, history, evaluations = 0, 0, [], []
@@ -414,8 +440,8 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
         if accelerator.is_main_process:
             recent = [h for h in history if h["phase"] == phase.name][-5:]
             figures = {"phase_seconds": round(seconds, 1), "samples_per_second": round(samples * world / seconds, 2),
-                       "parameters": parameters, "recent_losses": recent, "evaluation": final_eval,
-                       "examples": run_eval.examples[:6] if final_eval else []}
+                       "peak_memory_mb": peak_memory_mb(), "parameters": parameters, "recent_losses": recent,
+                       "evaluation": final_eval, "examples": run_eval.examples[:6] if final_eval else []}
             unwrapped = accelerator.unwrap_model(objective)
             trainer_state = {
                 "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
@@ -432,4 +458,4 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
             write_run_report(out_dir, history, evaluations)
         accelerator.wait_for_everyone()
     return TrainResult(out_dir, checkpoints, history, evaluations, time.perf_counter() - started, parameters,
-                       run_eval.examples)
+                       run_eval.examples, peak_memory_mb())

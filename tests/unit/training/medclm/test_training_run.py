@@ -42,6 +42,9 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     meta = json.loads((last / META_FILE).read_text())
     assert meta["stage"] == "hard" and meta["config"]["text_hidden"] == config.text_hidden
     assert len(meta["data_fingerprint"]) == 64 and "evaluation" in meta["figures"]
+    # Peak memory is the process's own high-water mark: it never falls, and torch alone needs > 100 MB.
+    peaks = [json.loads((c / META_FILE).read_text())["figures"]["peak_memory_mb"]["rss"] for c in result.checkpoints]
+    assert peaks == sorted(peaks) and peaks[0] > 100 and result.peak_memory_mb["rss"] >= peaks[-1]
     with safe_open(str(last / "model.safetensors"), "pt") as handle:  # warm-up heads are never exported
         names = list(handle.keys())
         patch = handle.get_tensor("vision_tower.vision_model.embeddings.patch_embedding.weight")
