@@ -44,7 +44,7 @@ class MedCLMConfig:
     # --- data ---
     questions_per_image: int = 1  # >1 packs several QA turns about one image into a sequence (~3x samples/s),
     # but later turns copy the rationale of the first, so only a quarter of the loss needs the image or the
-    # question: at 4 the model named the asked organ in 12% of presence rationales, at 1 in 100% (run #9)
+    # question: at 4 the model named the asked organ in 12% of presence rationales, at 1 in 88-100% (run #9)
     eval_records: int = 24  # val records greedily decoded at each evaluation; ~10 s on 2 CPU cores
     # --- loss ---
     answer_weight: float = 0.8  # lambda_ans of MedCLM: the "Answer: X" line and the end-of-sequence token
@@ -68,10 +68,11 @@ class MedCLMConfig:
     align_steps: int = 0  # optional answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
     # "feature alignment" stage: every target token depends on the image, so the language model learns to read
     # the patches before the long templated rationales dilute that signal (runs without it ignored the image)
-    easy_epochs: float = 4.0  # sequential: passes over Easy; ~5 min on a --count 300 dataset (2.6k Easy records)
+    easy_epochs: float = 4.0  # sequential: passes over Easy; ~6 min on a --count 300 dataset (2.6k Easy records)
     medium_epochs: float = 5.0  # sequential: passes over Medium; ~7 min on the same data
     hard_epochs: float = 1.0  # sequential: 0.5 epoch at the end of the cosine broke the reasoning format
-    # (validity 0.99 -> 0.82) without teaching the brief prompt; 1.0 kept 0.98 and learnt it (run #9)
+    # (validity 0.99 -> 0.82) without teaching the brief prompt; 1.0 learnt it and kept 0.98 in one run, 0.77
+    # in the committed one, whose outputs often start "Answer:" (run #9, docs/medclm.md)
     replay: float = 0.5  # sequential: share of later-phase batches drawn from earlier stages, so the
     # reasoning prompt still gets reasoning after the answer-only Hard phase (no catastrophic forgetting)
     adaptive_epochs: int = 24  # adaptive: number of (pseudo-)epochs; paper uses real epochs

@@ -183,8 +183,8 @@ class _DomainSampler:
 
 
 def lr_factor(config: MedCLMConfig, warmup_steps: int, total_steps: int):
-    """Multiplier of the peak LR at each global step: linear warm-up over ``lr_warmup_steps``, then cosine
-    decay to ``min_lr``.
+    """Multiplier of the peak LR at each global step: linear warm-up over ``lr_warmup_steps`` (at most half
+    of a stage), then cosine decay to ``min_lr``.
 
     With ``lr_schedule="per-stage"`` the vision warm-up (its first ``warmup_steps`` steps) and the language
     stages after it each get their own warm-up and cosine, like LLaVA's separately scheduled stages. With
