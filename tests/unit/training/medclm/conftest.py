@@ -45,8 +45,8 @@ def micro_config(**changes) -> MedCLMConfig:
     """A ~0.3M-parameter LLaVA (64 px, 16 image tokens) that trains dozens of steps in seconds."""
     values = dict(image_size=64, patch_size=16, vision_hidden=64, vision_layers=2, vision_heads=2,
                   vision_intermediate=128, text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128,
-                  max_positions=1024, vocab_size=512, batch_size=4, questions_per_image=2, warmup_steps=4, align_steps=0,
-                  easy_epochs=1.0, medium_epochs=0.5, hard_epochs=0.5, lr=3e-3, lr_warmup_steps=5,
+                  max_positions=1024, vocab_size=512, batch_size=4, questions_per_image=2, warmup_steps=4,
+                  align_steps=0, easy_epochs=1.0, medium_epochs=0.5, hard_epochs=0.5, lr=3e-3, lr_warmup_steps=5,
                   eval_every=0, eval_records=2, max_new_tokens=12, log_every=1, mixed_precision="no",
                   threads=1)  # one thread: steadier than two when other jobs share the cores
     values.update(changes)

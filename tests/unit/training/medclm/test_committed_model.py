@@ -31,7 +31,8 @@ def test_committed_model_loads_and_its_provenance_matches(name):
     assert hf["text_config"]["hidden_size"] == config.text_hidden
     assert hf["text_config"]["num_hidden_layers"] == config.text_layers
     assert hf["vision_config"]["hidden_size"] == config.vision_hidden
-    assert hf["vision_config"]["image_size"] == config.image_size and hf["vision_config"]["patch_size"] == config.patch_size
+    assert hf["vision_config"]["image_size"] == config.image_size
+    assert hf["vision_config"]["patch_size"] == config.patch_size
     assert meta["export"]["model"] == name and len(meta["data_fingerprint"]) == 64
     digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert digest == meta["export"]["weights_sha256"]  # the weights are the ones the figures were measured on

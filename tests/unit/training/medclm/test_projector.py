@@ -10,7 +10,8 @@ from training.medclm.projector import calibrate_projector
 
 
 def test_calibration_turns_offset_dominated_features_into_varying_tokens():
-    config = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, num_attention_heads=2), text_config=LlamaConfig(hidden_size=24, num_attention_heads=2, num_key_value_heads=2),
+    config = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, num_attention_heads=2),
+                         text_config=LlamaConfig(hidden_size=24, num_attention_heads=2, num_key_value_heads=2),
                          projector_hidden_act="gelu")
     projector = LlavaMultiModalProjector(config)
     generator = torch.Generator().manual_seed(0)
