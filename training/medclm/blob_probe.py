@@ -26,6 +26,7 @@ from training.medclm.objective import MedCLMObjective
 from training.medclm.prompts import INSTRUCTIONS
 from training.medclm.tokenizer import train_tokenizer
 from training.medclm.trainer import param_groups
+from training.medclm.warmup import lesion_patch_targets
 
 QUESTION = "Is there a bright square in the image?"
 SQUARE = 4  # pixels: a lesion-sized spot at 128 px, inside one 16-px patch or across up to four
@@ -68,6 +69,14 @@ def _images(rng: np.random.Generator, labels: np.ndarray, size: int) -> tuple[to
     return torch.from_numpy(np.repeat(pixels[:, None], 3, axis=1)), corners
 
 
+def _boxes(corner: tuple[int, int] | None, size: int) -> list[tuple[float, ...]]:
+    """The square as a lesion box on the data engine's [0, 1000) scale (none when absent)."""
+    if corner is None:
+        return []
+    row, col = corner
+    return [tuple(v * 1000 / size for v in (col, row, col + SQUARE, row + SQUARE))]
+
+
 def run_setting(setting: ProbeSetting, steps: int = 200, lr: float = 2e-3, seed: int = 0,
                 progress: bool = True) -> dict:
     """Train one setting from scratch; returns warm-up recall and the final own/other answer losses."""
@@ -88,11 +97,8 @@ def run_setting(setting: ProbeSetting, steps: int = 200, lr: float = 2e-3, seed:
                                        {"params": tower.parameters(), "lr": setting.vision_lr}])
         for _ in tqdm(range(setting.warmup_steps), desc=f"{setting.name}: warm-up", disable=not progress):
             pixels, corners = _images(rng, rng.integers(0, 2, 32), config.image_size)
-            target = torch.zeros(len(corners), grid * grid)
-            for index, corner in enumerate(corners):
-                if corner:
-                    row, col = ((c + SQUARE // 2) // config.patch_size for c in corner)
-                    target[index, row * grid + col] = 1.0
+            target = torch.from_numpy(np.stack([lesion_patch_targets(_boxes(corner, config.image_size), grid)[0]
+                                                for corner in corners]))
             logits = head(objective.patch_features(pixels)).squeeze(-1)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target,
                                                                         pos_weight=torch.tensor(float(grid * grid)))
