@@ -62,7 +62,7 @@ class MedCLMConfig:
     # trained; docs/medclm.md)
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
-    warmup_steps: int = 300  # vision-only dense warm-up (~5 min): LM loss alone left the tower blind
+    warmup_steps: int = 300  # vision-only dense warm-up (25-50 s here): LM loss alone left the tower blind
     calibrate_projector: bool = False  # standardise the projector on the warmed-up features before the LM
     # stages (training.medclm.projector); measured without effect on image use so far (docs/medclm.md), so off
     align_steps: int = 0  # optional answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
