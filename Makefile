@@ -10,6 +10,8 @@ DATA_COUNT ?= 500
 # The default MedCLM model: phantom data, the tiny preset's curriculum, evaluation through vLLM, export.
 MEDCLM_DATA ?= data/medclm
 MEDCLM_RUN ?= runs/medclm-default
+# Images per modality: 4,000 phantoms in all; more images beat more passes over fewer (docs/medclm.md).
+MEDCLM_COUNT ?= 2000
 
 .PHONY: install run test data clean-data medclm-default bench
 
@@ -43,7 +45,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 medclm-default: $(STAMP)
-	$(PY) -m training.data build --source phantom --modality ct,cxr --count 300 --seed 1 --out $(MEDCLM_DATA)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count $(MEDCLM_COUNT) --seed 1 --out $(MEDCLM_DATA)
 	$(PY) -m training.medclm train --data $(MEDCLM_DATA) --out $(MEDCLM_RUN)
 	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_RUN)/04-hard --data $(MEDCLM_DATA) --split test \
 		--out $(MEDCLM_RUN)/evaluation

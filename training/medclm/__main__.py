@@ -10,6 +10,7 @@ Examples:
     python -m training.medclm export --checkpoint runs/tiny/04-hard --model-repository model_repository --all-precisions
     python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
     python -m training.medclm image-reliance --checkpoint runs/tiny/05-hard --data data/default
+    python -m training.medclm lesion-probe --checkpoint runs/tiny/01-warmup --data data/default
     python -m training.medclm ablation --data data/medclm --out runs/ablation --steps 600
     python -m training.medclm blob-probe
 """
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     reliance.add_argument("--count", type=int, default=32, help="questions, each on a different image")
     reliance.add_argument("--stage", default="hard", choices=("easy", "medium", "hard"))
 
+    lesions = sub.add_parser("lesion-probe", help="how many held-out lesions the warmed-up tower finds, by size")
+    lesions.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint with warm-up heads")
+    lesions.add_argument("--data", type=Path, required=True)
+    lesions.add_argument("--split", default="test", choices=("train", "val", "test"))
+    lesions.add_argument("--limit", type=int, help="images (default all)")
+
     probe = sub.add_parser("blob-probe", help="synthetic control: can the language model learn an answer only the "
                                               "image holds, under each way of training the tower?")
     probe.add_argument("--steps", type=int, default=200, help="answer-loss steps per setting")
@@ -134,6 +141,10 @@ def run_command(args: argparse.Namespace) -> dict:
         from training.medclm.image_reliance import image_reliance
 
         return image_reliance(args.checkpoint, args.data, args.split, args.count, args.stage)
+    if args.command == "lesion-probe":
+        from training.medclm.lesion_probe import lesion_probe
+
+        return lesion_probe(args.checkpoint, args.data, args.split, args.limit)
     if args.command == "blob-probe":
         from training.medclm.blob_probe import blob_probe
 

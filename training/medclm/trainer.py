@@ -357,7 +357,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
             sampler = _DomainSampler(dataset, config, rng, config.batch_size * world)
         else:
             batches = _epoch_batches(_stage_records(dataset, phase.name), config, rng, config.batch_size * world)
-        replays: dict[str, Iterator[list[SequencePlan]]] = {}  # sequential: earlier stages' batches
+        replays: dict[str, Iterator[list[SequencePlan]]] = {}  # sequential: other stages' batches
         bar = tqdm(total=phase.steps, desc=f"{index + 1}/{len(phases)} {phase.name}", unit="step",
                    disable=not (progress and accelerator.is_main_process))
         phase_started, samples = time.perf_counter(), 0
@@ -369,15 +369,20 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
             elif phase.name != "warmup":
                 earlier = [s for s in (STAGE_ORDER[:STAGE_ORDER.index(phase.name)] if phase.name in STAGE_ORDER else ())
                            if _stage_records(dataset, s)]  # replay only stages that have records
-                if config.curriculum == "sequential" and earlier and rng.random() < config.replay:
+                # Drawn only when enabled, so runs without a preview keep their random stream.
+                if (config.curriculum == "sequential" and config.hard_preview > 0 and phase.name in ("easy", "medium")
+                        and _stage_records(dataset, "hard") and rng.random() < config.hard_preview):
+                    stage = "hard"
+                elif config.curriculum == "sequential" and earlier and rng.random() < config.replay:
                     stage = earlier[int(rng.integers(len(earlier)))]
+                if stage == phase.name:
+                    plans = next(batches)
+                else:
                     if stage not in replays:
                         replays[stage] = _epoch_batches(_stage_records(dataset, stage), config,
                                                         np.random.default_rng([config.seed, index, len(replays)]),
                                                         config.batch_size * world)
                     plans = next(replays[stage])
-                else:
-                    plans = next(batches)
             with accelerator.autocast():
                 if phase.name == "warmup":
                     records = next(batches)[rank::world]

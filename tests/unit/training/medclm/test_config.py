@@ -39,6 +39,8 @@ def test_invalid_values_fail():
         apply_overrides(MedCLMConfig(), ["--curriculum=random"])
     with pytest.raises(MedCLMError, match="multiple of patch_size"):
         apply_overrides(MedCLMConfig(), ["--image_size=100"])
+    with pytest.raises(MedCLMError, match="hard_preview"):
+        apply_overrides(MedCLMConfig(), ["--hard_preview=1.0"])
 
 
 def test_yaml_file_applies_and_fails_on_unknown_keys(tmp_path):

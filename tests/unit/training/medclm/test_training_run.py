@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from training.medclm.checkpoint import META_FILE, STATE_FILE
 from training.medclm.data import load_model_image
+from training.medclm.errors import MedCLMError
+from training.medclm.lesion_probe import lesion_probe
 from training.medclm.prompts import build_messages, render_prompt
 from training.medclm.trainer import train
 
@@ -79,6 +82,19 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     assert reliance["n"] >= 2 and all(np.isfinite(reliance[k]) for k in ("own", "other", "blank"))
     assert reliance["blank"] != reliance["own"]  # the image tokens do reach the language model
 
+    # The lesion probe reads the warm-up heads: one score per lesion of each distinct held-out image.
+    probe = lesion_probe(result.checkpoints[0], tiny_data, split="val")
+    cases = {}
+    for line in (tiny_data / "val.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        cases.setdefault(record["case_id"], record)
+    assert probe["images"] == len(cases)
+    assert sum(v["n"] for v in probe["lesions"].values()) == sum(len(r["case_findings"]) for r in cases.values())
+    for size in probe["lesions"].values():
+        if size["n"]:
+            assert 0 <= size["centre_recall"] <= size["window_recall"] <= 1  # the 3x3 window holds the centre
+    assert 0 <= probe["image_accuracy"] <= probe["image_accuracy_best_threshold"] <= 1
+
     # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
     resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[2], progress=False)
     assert [p.name for p in resumed.checkpoints] == ["04-medium", "05-hard"]
@@ -131,3 +147,16 @@ def test_optimizer_groups_give_the_vision_tower_its_own_learning_rate(tiny_token
     decayed = {id(p) for group in groups if group["weight_decay"] > 0 for p in group["params"]}
     assert id(model.model.vision_tower.embeddings.position_embedding.weight) not in decayed
     assert id(model.lm_head.weight) in decayed
+
+
+def test_hard_preview_mixes_hard_batches_into_easy_and_medium(tiny_data, micro, tmp_path):
+    config = micro(warmup_steps=0, easy_epochs=1.0, medium_epochs=1.0, hard_epochs=0.25, replay=0.0,
+                   hard_preview=0.5, eval_records=0, dense_weight=0.0)
+    result = train(config, tiny_data, tmp_path / "run", progress=False)
+    for phase in ("easy", "medium"):
+        stages = [h["stage"] for h in result.history if h["phase"] == phase]
+        assert set(stages) == {phase, "hard"}, stages  # both drawn, nothing else (replay is off)
+    assert {h["stage"] for h in result.history if h["phase"] == "hard"} == {"hard"}  # no preview in Hard itself
+    with pytest.raises(MedCLMError, match="no warm-up heads"):  # no warm-up: nothing to probe
+        lesion_probe(result.checkpoints[0], tiny_data, split="val")
+

@@ -1,0 +1,94 @@
+"""Does the warmed-up vision tower see the lesions? Its warm-up heads' lesion score on held-out images.
+
+Read from a checkpoint that still has its warm-up heads (``trainer_state.pt``, e.g. ``RUN/01-warmup``):
+- per lesion, by size category: is the lesion logit > 0 at the patch holding the lesion's centre (and
+  anywhere in the 3x3 patches around it);
+- per image: does the largest lesion logit tell images with lesions from images without.
+
+The language model can only answer from what the tower's features hold, so this bounds its closed and
+grounding accuracy, and it takes seconds where a full training run and evaluation take 20 minutes
+(docs/medclm.md, run #10).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.data.context import size_category
+from training.medclm.checkpoint import read_meta, read_trainer_state
+from training.medclm.config import MedCLMConfig
+from training.medclm.data import ImageCache, load_records, record_image_path
+from training.medclm.errors import MedCLMError
+from training.medclm.model import base_llava
+from training.medclm.objective import MedCLMObjective
+from training.medclm.warmup import VisionWarmupHeads
+
+SIZES = ("small", "medium", "large")
+
+
+def _rate(values: list[bool]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+@torch.no_grad()
+def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: int | None = None,
+                 batch_size: int = 32) -> dict:
+    """Lesion recall at the centre patch and in its 3x3 neighbourhood per size category and modality, and
+    image-level lesion/no-lesion accuracy of the max lesion logit (threshold 0 and the best threshold)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    checkpoint, data_dir = Path(checkpoint), Path(data_dir)
+    config_meta = read_meta(checkpoint)
+    heads_state = read_trainer_state(checkpoint).get("heads")
+    if not heads_state:
+        raise MedCLMError(f"{checkpoint} has no warm-up heads (trained without a vision warm-up?)")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    vision = base_llava(model).config.vision_config
+    grid = vision.image_size // vision.patch_size
+    heads = VisionWarmupHeads(vision.hidden_size)
+    heads.load_state_dict(heads_state)
+    objective = MedCLMObjective(model, heads, MedCLMConfig.from_dict(config_meta["config"]))
+
+    by_case = {}
+    for record in load_records(data_dir / f"{split}.jsonl"):
+        if record.stage != "easy":  # the clean image, as the language stages' Medium and Hard questions see it
+            by_case.setdefault(record.case_id, record)
+    cases = list(by_case.values())[:limit]
+    if not cases:
+        raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium or Hard records")
+    images = ImageCache(data_dir, processor.image_processor)
+    found: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
+    image_scores, image_truth = [], []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        pixels = torch.stack([images.get(record_image_path(r), r.modality) for r in chunk])
+        scores = heads(objective.patch_features(pixels))["lesion"].reshape(len(chunk), grid, grid)
+        for record, score in zip(chunk, scores):
+            image_scores.append(score.max().item())
+            image_truth.append(bool(record.case_findings))
+            for finding in record.case_findings:
+                x1, y1, x2, y2 = finding.box
+                col = min(grid - 1, int((x1 + x2) / 2000 * grid))
+                row = min(grid - 1, int((y1 + y2) / 2000 * grid))
+                around = score[max(0, row - 1):row + 2, max(0, col - 1):col + 2].max().item()
+                key = (size_category(finding.size_mm), record.modality)
+                found.setdefault(key, []).append((score[row, col].item() > 0, around > 0))
+
+    def recall(size: str, modality: str | None = None, window: int = 0) -> float | None:
+        hits = [h[window] for (s, m), values in found.items() for h in values
+                if s == size and modality in (None, m)]
+        return _rate(hits)
+
+    modalities = sorted({m for _, m in found})
+    lesions = {size: {"n": sum(len(v) for (s, _), v in found.items() if s == size),
+                      "centre_recall": recall(size), "window_recall": recall(size, window=1),
+                      **{f"centre_recall/{m}": recall(size, m) for m in modalities}} for size in SIZES}
+    scores, truth = np.array(image_scores), np.array(image_truth)
+    best = max(((scores > t) == truth).mean() for t in np.concatenate([[-np.inf], np.unique(scores)]))
+    return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": _rate(list(truth)),
+            "lesions": lesions, "image_accuracy": _rate(list((scores > 0) == truth)),
+            "image_accuracy_best_threshold": round(float(best), 4)}
