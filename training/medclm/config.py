@@ -63,7 +63,8 @@ class MedCLMConfig:
     # --- curriculum ---
     curriculum: str = "sequential"  # sequential | adaptive | mixed | hard-only
     warmup_steps: int = 1500  # vision-only dense warm-up (~2.5 min here): LM loss alone left the tower blind;
-    # on 3.3k training images 1,500 steps beat 300 (lesion recall 0.83 vs 0.68, large) and 3,000 (0.82)
+    # lesion-probe on 3.3k training images: large-lesion recall 0.71 (run #9's 300 steps on 483 images: 0.09);
+    # 3,000 steps were no better (0.73 large, 0.27 small vs 0.30)
     calibrate_projector: bool = False  # standardise the projector on the warmed-up features before the LM
     # stages (training.medclm.projector); measured without effect on image use so far (docs/medclm.md), so off
     align_steps: int = 0  # optional answer-only (Hard-style) steps between warm-up and the curriculum, LLaVA's
@@ -103,7 +104,8 @@ class MedCLMConfig:
     lr: float = 2e-3  # from scratch a 5M model needs ~50x the paper's 2e-5 (that one fine-tunes a 7B model)
     vision_lr: float = 5e-4  # the CLIP tower's peak LR: at 2e-3 the from-scratch tower collapsed to constant
     # features (blob-probe: recall of the square's patch 0.00 after a 100-step warm-up at 2e-3, 1.00 at 1e-4);
-    # 5e-4 beat 1e-4 on the phantoms' lesions (recall 0.68 vs 0.60, large; docs/medclm.md, run #10)
+    # 5e-4 found more phantom lesions than 1e-4 after 300 warm-up steps (large-lesion recall 0.36 vs 0.09,
+    # lesion-probe; docs/medclm.md, run #10)
     min_lr: float = 1e-5  # cosine floor, ~1% of the peak like the paper's 2e-5 -> 1e-6 ratio
     lr_warmup_steps: int = 100  # linear warm-up: Adam's moments are noisy in the first steps
     lr_schedule: str = "per-stage"  # per-stage: the vision warm-up and the language stages each get a warm-up
@@ -187,10 +189,11 @@ class MedCLMConfig:
 # Presets change only what differs from the tiny defaults above; each line says why.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "long": {  # CPU, ~1 h (estimated: tiny's language steps x2.2 for the text model x1.5 passes; the old
-        # 2/2/1-epoch long preset took 18 min at 4 questions per sequence): wider/deeper text model and more
-        # passes; tiny's warm-up (twice as long was no better); same 128 px so small lesions stay visible
-        "text_hidden": 384, "text_layers": 6, "text_heads": 6, "text_intermediate": 1024,
+    "long": {  # CPU, 39 min here, and so far worse than tiny: its replies ignore the question (run #10,
+        # docs/medclm.md; the learning rate for the wider text model is the first suspect). A wider, deeper
+        # text model, more passes, 8 tower layers (lesion-probe: recall +0.02-0.04 over 5); tiny's warm-up
+        # length (twice as long was no better); 128 px (256 px at patch 32 found as many lesions)
+        "vision_layers": 8, "text_hidden": 384, "text_layers": 6, "text_heads": 6, "text_intermediate": 1024,
         "easy_epochs": 0.9, "medium_epochs": 1.1, "hard_epochs": 0.25,
         "eval_every": 500, "preset": "long",
     },

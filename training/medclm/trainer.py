@@ -358,6 +358,10 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
         else:
             batches = _epoch_batches(_stage_records(dataset, phase.name), config, rng, config.batch_size * world)
         replays: dict[str, Iterator[list[SequencePlan]]] = {}  # sequential: other stages' batches
+        earlier = [s for s in (STAGE_ORDER[:STAGE_ORDER.index(phase.name)] if phase.name in STAGE_ORDER else ())
+                   if _stage_records(dataset, s)]  # replay only stages that have records
+        preview = (config.curriculum == "sequential" and config.hard_preview > 0 and phase.name in ("easy", "medium")
+                   and bool(_stage_records(dataset, "hard")))
         bar = tqdm(total=phase.steps, desc=f"{index + 1}/{len(phases)} {phase.name}", unit="step",
                    disable=not (progress and accelerator.is_main_process))
         phase_started, samples = time.perf_counter(), 0
@@ -367,11 +371,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
                 stage = adaptive.sample(rng)
                 plans = sampler.batch(stage)
             elif phase.name != "warmup":
-                earlier = [s for s in (STAGE_ORDER[:STAGE_ORDER.index(phase.name)] if phase.name in STAGE_ORDER else ())
-                           if _stage_records(dataset, s)]  # replay only stages that have records
-                # Drawn only when enabled, so runs without a preview keep their random stream.
-                if (config.curriculum == "sequential" and config.hard_preview > 0 and phase.name in ("easy", "medium")
-                        and _stage_records(dataset, "hard") and rng.random() < config.hard_preview):
+                if preview and rng.random() < config.hard_preview:  # drawn only with a preview: same stream without
                     stage = "hard"
                 elif config.curriculum == "sequential" and earlier and rng.random() < config.replay:
                     stage = earlier[int(rng.integers(len(earlier)))]
