@@ -39,7 +39,8 @@ def load_eval_records(data_dir: Path, split: str = "test", limit: int | None = N
     return chosen
 
 
-def _rate(values: list) -> float | None:
+def rate(values: list) -> float | None:
+    """Share of true values (None ignored), rounded to 4 places; None when nothing is left."""
     values = [v for v in values if v is not None]
     return round(sum(values) / len(values), 4) if values else None
 
@@ -54,19 +55,19 @@ def aggregate(scores: list[dict]) -> dict:
     errors_mm = [s["centre_error_mm"] for s in grounding if s["centre_error_mm"] is not None]
     block = {
         "n": len(scores),
-        "accuracy": _rate([s["correct"] for s in scores if s["kind"] != "grounding"]),
-        "closed_accuracy": _rate([s["correct"] for s in by_kind["closed"]]),
-        "open_accuracy": _rate([s["correct"] for s in by_kind["open"]]),
-        "grounding_acc@0.5": _rate([s["iou"] >= 0.5 for s in grounding]),
-        "grounding_acc@0.3": _rate([s["iou"] >= 0.3 for s in grounding]),
+        "accuracy": rate([s["correct"] for s in scores if s["kind"] != "grounding"]),
+        "closed_accuracy": rate([s["correct"] for s in by_kind["closed"]]),
+        "open_accuracy": rate([s["correct"] for s in by_kind["open"]]),
+        "grounding_acc@0.5": rate([s["iou"] >= 0.5 for s in grounding]),
+        "grounding_acc@0.3": rate([s["iou"] >= 0.3 for s in grounding]),
         # Median over predictions that have a parsable box; format_validity says how many do.
         "median_centre_error": round(statistics.median(errors), 4) if errors else None,
         "median_centre_error_mm": round(statistics.median(errors_mm), 2) if errors_mm else None,
-        "rationale_consistency": _rate([s["rationale_consistent"] for s in scores]),
-        "format_validity": _rate([s["format_valid"] for s in scores]),
+        "rationale_consistency": rate([s["rationale_consistent"] for s in scores]),
+        "format_validity": rate([s["format_valid"] for s in scores]),
     }
     for size in SIZES:
-        block[f"grounding_acc@0.5_{size}"] = _rate([s["iou"] >= 0.5 for s in grounding if s["lesion_size"] == size])
+        block[f"grounding_acc@0.5_{size}"] = rate([s["iou"] >= 0.5 for s in grounding if s["lesion_size"] == size])
     return block
 
 

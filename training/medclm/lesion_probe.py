@@ -22,15 +22,10 @@ from training.medclm.checkpoint import read_meta, read_trainer_state
 from training.medclm.config import MedCLMConfig
 from training.medclm.data import ImageCache, load_records, record_image_path
 from training.medclm.errors import MedCLMError
+from training.medclm.eval_report import SIZES, rate
 from training.medclm.model import base_llava
 from training.medclm.objective import MedCLMObjective
-from training.medclm.warmup import VisionWarmupHeads
-
-SIZES = ("small", "medium", "large")
-
-
-def _rate(values: list[bool]) -> float | None:
-    return round(float(np.mean(values)), 4) if values else None
+from training.medclm.warmup import VisionWarmupHeads, centre_patch
 
 
 @torch.no_grad()
@@ -71,9 +66,7 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
             image_scores.append(score.max().item())
             image_truth.append(bool(record.case_findings))
             for finding in record.case_findings:
-                x1, y1, x2, y2 = finding.box
-                col = min(grid - 1, int((x1 + x2) / 2000 * grid))
-                row = min(grid - 1, int((y1 + y2) / 2000 * grid))
+                row, col = centre_patch(finding.box, grid)  # the warm-up's own lesion-patch rule
                 around = score[max(0, row - 1):row + 2, max(0, col - 1):col + 2].max().item()
                 key = (size_category(finding.size_mm), record.modality)
                 found.setdefault(key, []).append((score[row, col].item() > 0, around > 0))
@@ -81,7 +74,7 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     def recall(size: str, modality: str | None = None, window: int = 0) -> float | None:
         hits = [h[window] for (s, m), values in found.items() for h in values
                 if s == size and modality in (None, m)]
-        return _rate(hits)
+        return rate(hits)
 
     modalities = sorted({m for _, m in found})
     lesions = {size: {"n": sum(len(v) for (s, _), v in found.items() if s == size),
@@ -89,6 +82,6 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
                       **{f"centre_recall/{m}": recall(size, m) for m in modalities}} for size in SIZES}
     scores, truth = np.array(image_scores), np.array(image_truth)
     best = max(((scores > t) == truth).mean() for t in np.concatenate([[-np.inf], np.unique(scores)]))
-    return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": _rate(list(truth)),
-            "lesions": lesions, "image_accuracy": _rate(list((scores > 0) == truth)),
+    return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": rate(truth.tolist()),
+            "lesions": lesions, "image_accuracy": rate(((scores > 0) == truth).tolist()),
             "image_accuracy_best_threshold": round(float(best), 4)}

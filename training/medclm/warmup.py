@@ -71,6 +71,12 @@ def organ_patch_labels(mask: np.ndarray, grid: int) -> np.ndarray:
     return votes.argmax(-1).reshape(-1).astype(np.int64)
 
 
+def centre_patch(box, grid: int) -> tuple[int, int]:
+    """(row, col) of the patch holding the centre of a box in [0, 1000)."""
+    x1, y1, x2, y2 = box
+    return min(grid - 1, int((y1 + y2) / 2000.0 * grid)), min(grid - 1, int((x1 + x2) / 2000.0 * grid))
+
+
 def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> tuple[np.ndarray, np.ndarray]:
     """(presence (P,), box targets (P, 4) in [0, 1]) from boxes in [0, 1000); the smallest box wins overlaps."""
     presence = np.zeros(grid * grid, dtype=np.float32)
@@ -79,8 +85,7 @@ def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> t
     for box in sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):  # largest first, smallest last
         x1, y1, x2, y2 = box
         inside = (centres[None, :] >= x1) & (centres[None, :] < x2) & (centres[:, None] >= y1) & (centres[:, None] < y2)
-        cx, cy = (x1 + x2) / 2000.0, (y1 + y2) / 2000.0
-        inside[min(grid - 1, int(cy * grid)), min(grid - 1, int(cx * grid))] = True
+        inside[centre_patch(box, grid)] = True
         flat = inside.reshape(-1)
         presence[flat] = 1.0
         targets[flat] = np.array(box, dtype=np.float32) / 1000.0

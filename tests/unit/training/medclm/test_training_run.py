@@ -159,4 +159,3 @@ def test_hard_preview_mixes_hard_batches_into_easy_and_medium(tiny_data, micro, 
     assert {h["stage"] for h in result.history if h["phase"] == "hard"} == {"hard"}  # no preview in Hard itself
     with pytest.raises(MedCLMError, match="no warm-up heads"):  # no warm-up: nothing to probe
         lesion_probe(result.checkpoints[0], tiny_data, split="val")
-
