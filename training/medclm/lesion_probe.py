@@ -3,7 +3,9 @@
 Read from a checkpoint that still has its warm-up heads (``trainer_state.pt``, e.g. ``RUN/01-warmup``):
 - per lesion, by size category: is the lesion logit > 0 at the patch holding the lesion's centre (and
   anywhere in the 3x3 patches around it);
-- per image: does the largest lesion logit tell images with lesions from images without.
+- per image: does the largest lesion logit tell images with lesions from images without;
+- if the warm-up trained the image-level heads (``dense_image_weight`` > 0): the lesion count (0, 1, 2, 3+)
+  and the exact set of host organs, read from the patch-averaged heads, with the count's majority-class rate.
 
 The language model can only answer from what the tower's features hold, so this bounds its closed and
 grounding accuracy, and it takes seconds where a full training run and evaluation take 20 minutes
@@ -25,7 +27,7 @@ from training.medclm.errors import MedCLMError
 from training.medclm.eval_report import SIZES, rate
 from training.medclm.model import base_llava
 from training.medclm.objective import MedCLMObjective
-from training.medclm.warmup import VisionWarmupHeads, centre_patch
+from training.medclm.warmup import VisionWarmupHeads, centre_patch, image_level_targets
 
 
 @torch.no_grad()
@@ -46,7 +48,8 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     grid = vision.image_size // vision.patch_size
     heads = VisionWarmupHeads(vision.hidden_size)
     heads.load_state_dict(heads_state)
-    objective = MedCLMObjective(model, heads, MedCLMConfig.from_dict(config_meta["config"]))
+    config = MedCLMConfig.from_dict(config_meta["config"])
+    objective = MedCLMObjective(model, heads, config)
 
     by_case = {}
     for record in load_records(data_dir / f"{split}.jsonl"):
@@ -58,11 +61,20 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     images = ImageCache(data_dir, processor.image_processor)
     found: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     image_scores, image_truth = [], []
+    counts, count_hits, host_hits = [], [], []
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]
         pixels = torch.stack([images.get(record_image_path(r), r.modality) for r in chunk])
-        scores = heads(objective.patch_features(pixels))["lesion"].reshape(len(chunk), grid, grid)
-        for record, score in zip(chunk, scores):
+        outputs = heads(objective.patch_features(pixels))
+        scores = outputs["lesion"].reshape(len(chunk), grid, grid)
+        # Image-level heads were trained to give the same answer on every patch: average them over patches.
+        count_guess = outputs["count"].float().softmax(-1).mean(1).argmax(-1)
+        host_guess = outputs["hosts"].float().mean(1) > 0
+        for record, score, count, hosts in zip(chunk, scores, count_guess, host_guess):
+            true_hosts, _, true_count, _, _ = image_level_targets(record.case_findings)
+            counts.append(true_count)
+            count_hits.append(int(count) == true_count)
+            host_hits.append(bool((hosts.numpy() == (true_hosts > 0.5)).all()))
             image_scores.append(score.max().item())
             image_truth.append(bool(record.case_findings))
             for finding in record.case_findings:
@@ -82,6 +94,11 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
                       **{f"centre_recall/{m}": recall(size, m) for m in modalities}} for size in SIZES}
     scores, truth = np.array(image_scores), np.array(image_truth)
     best = max(((scores > t) == truth).mean() for t in np.concatenate([[-np.inf], np.unique(scores)]))
+    image_level = None
+    if config.dense_image_weight > 0:  # otherwise those heads never trained and their guesses mean nothing
+        majority = max(counts.count(c) for c in set(counts)) / len(counts)
+        image_level = {"count_accuracy": rate(count_hits), "count_majority_rate": round(majority, 4),
+                       "host_set_exact": rate(host_hits)}
     return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": rate(truth.tolist()),
             "lesions": lesions, "image_accuracy": rate(((scores > 0) == truth).tolist()),
-            "image_accuracy_best_threshold": round(float(best), 4)}
+            "image_accuracy_best_threshold": round(float(best), 4), "image_level": image_level}

@@ -89,7 +89,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def write_docs(repository: Path, rows: list[dict], docs_dir: Path) -> Path:
     """docs/segmenter.md: how the models are built, their preprocessing, and the benchmark table."""
     docs_dir = Path(docs_dir)
-    plot_path = plot(rows, docs_dir / "segmenter_bench.png")
+    plot(rows, docs_dir / "segmenter_bench.png")
     sections = []
     for modality in MODALITIES:
         prov_path = Path(repository) / model_name(modality) / "provenance.json"

@@ -22,7 +22,8 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
 
 
 def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_path):
-    config = micro(align_steps=4, easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5)
+    config = micro(align_steps=4, easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5,
+                   dense_image_weight=1.0)
     result = train(config, tiny_data, tmp_path / "run", progress=False)
     names = [p.name for p in result.checkpoints]
     assert names == ["01-warmup", "02-align", "03-easy", "04-medium", "05-hard"]
@@ -94,6 +95,10 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
         if size["n"]:
             assert 0 <= size["centre_recall"] <= size["window_recall"] <= 1  # the 3x3 window holds the centre
     assert 0 <= probe["image_accuracy"] <= probe["image_accuracy_best_threshold"] <= 1
+    counts = [min(len(r["case_findings"]), 3) for r in cases.values()]  # the image-level heads were trained
+    majority = max(counts.count(c) for c in set(counts)) / len(counts)
+    assert probe["image_level"]["count_majority_rate"] == round(majority, 4)
+    assert 0 <= probe["image_level"]["count_accuracy"] <= 1 and 0 <= probe["image_level"]["host_set_exact"] <= 1
 
     # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
     resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[2], progress=False)
