@@ -34,7 +34,8 @@ from training.medclm.warmup import VisionWarmupHeads, centre_patch, image_level_
 def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: int | None = None,
                  batch_size: int = 32) -> dict:
     """Lesion recall at the centre patch and in its 3x3 neighbourhood per size category and modality, and
-    image-level lesion/no-lesion accuracy of the max lesion logit (threshold 0 and the best threshold)."""
+    image-level lesion/no-lesion accuracy of the max lesion logit (threshold 0 and the best threshold), and
+    ``image_level`` (count and host-set accuracy) when the warm-up trained those heads, else None."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     checkpoint, data_dir = Path(checkpoint), Path(data_dir)
