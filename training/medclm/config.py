@@ -189,8 +189,8 @@ class MedCLMConfig:
 # Presets change only what differs from the tiny defaults above; each line says why.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), ~48 min here with
-        # 12 GiB peak RSS (run #11, docs/medclm.md). Five times the images let a 4,000-step warm-up find more
+    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), 29 min here with
+        # 12.7 GiB peak RSS (run #11, docs/medclm.md). Five times the images let a 4,000-step warm-up find more
         # lesions without memorising (lesion-probe: large 0.71 -> 0.72-0.81), and the image-level heads
         # (dense_image_weight) learn there; 2.5x tiny's language steps (stage lengths are fractions of this
         # data's epoch). A wider text model at lr 2e-3 ignored the question (run #10), so the model stays tiny.
