@@ -15,6 +15,7 @@ MEDCLM_COUNT ?= 2000
 # The long CPU preset (docs/medclm.md, run #11): 20,000 phantoms, ~30 min of training, 12.7 GiB; not exported,
 # so the served default stays the tiny preset's. Its test split holds the default data's test images.
 MEDCLM_LONG_DATA ?= data/medclm-10k
+MEDCLM_LONG_COUNT ?= 10000
 MEDCLM_LONG_RUN ?= runs/medclm-long
 
 .PHONY: install run test data clean-data medclm-default medclm-long bench
@@ -59,7 +60,7 @@ medclm-default: $(STAMP)
 		--precision int8 --evaluation $(MEDCLM_RUN)/evaluation.json
 
 medclm-long: $(STAMP)
-	$(PY) -m training.data build --source phantom --modality ct,cxr --count 10000 --seed 1 --out $(MEDCLM_LONG_DATA)
+	$(PY) -m training.data build --source phantom --modality ct,cxr --count $(MEDCLM_LONG_COUNT) --seed 1 --out $(MEDCLM_LONG_DATA)
 	$(PY) -m training.medclm train --preset long --data $(MEDCLM_LONG_DATA) --out $(MEDCLM_LONG_RUN)
 	$(PY) -m training.medclm evaluate --checkpoint $(MEDCLM_LONG_RUN)/04-hard --data $(MEDCLM_LONG_DATA) \
 		--split test --out $(MEDCLM_LONG_RUN)/evaluation
