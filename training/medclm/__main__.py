@@ -11,6 +11,7 @@ Examples:
     python -m training.medclm bench --model-repository model_repository --data data/default --limit 16
     python -m training.medclm image-reliance --checkpoint runs/tiny/05-hard --data data/default
     python -m training.medclm lesion-probe --checkpoint runs/tiny/01-warmup --data data/default
+    python -m training.medclm token-probe --checkpoint runs/tiny/04-hard --data data/default
     python -m training.medclm ablation --data data/medclm --out runs/ablation --steps 600
     python -m training.medclm blob-probe
 """
@@ -83,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     lesions.add_argument("--split", default="test", choices=("train", "val", "test"))
     lesions.add_argument("--limit", type=int, help="images (default all)")
 
+    tokens = sub.add_parser("token-probe", help="teacher-forced accuracy of the rationale's box digits and of its "
+                                                "conclusion step, per question type")
+    tokens.add_argument("--checkpoint", type=Path, required=True)
+    tokens.add_argument("--data", type=Path, required=True)
+    tokens.add_argument("--split", default="test", choices=("train", "val", "test"))
+    tokens.add_argument("--limit", type=int, default=400, help="Medium records, spread over the split")
+
     probe = sub.add_parser("blob-probe", help="synthetic control: can the language model learn an answer only the "
                                               "image holds, under each way of training the tower?")
     probe.add_argument("--steps", type=int, default=200, help="answer-loss steps per setting")
@@ -145,6 +153,10 @@ def run_command(args: argparse.Namespace) -> dict:
         from training.medclm.lesion_probe import lesion_probe
 
         return lesion_probe(args.checkpoint, args.data, args.split, args.limit)
+    if args.command == "token-probe":
+        from training.medclm.token_probe import token_probe
+
+        return token_probe(args.checkpoint, args.data, args.split, args.limit)
     if args.command == "blob-probe":
         from training.medclm.blob_probe import blob_probe
 

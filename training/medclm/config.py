@@ -189,14 +189,13 @@ class MedCLMConfig:
 # Presets change only what differs from the tiny defaults above; each line says why.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), 29 min here with
-        # 12.7 GiB peak RSS (run #11, docs/medclm.md). Five times the images let a 4,000-step warm-up find more
-        # lesions without memorising (lesion-probe: large 0.71 -> 0.72-0.81), and the image-level heads
-        # (dense_image_weight) learn there; 2.5x tiny's language steps (stage lengths are fractions of this
-        # data's epoch). A wider text model at lr 2e-3 ignored the question (run #10), so the model stays tiny.
-        "warmup_steps": 4000, "dense_image_weight": 1.0,
-        "easy_epochs": 0.3, "medium_epochs": 0.375, "hard_epochs": 0.075,
-        "eval_every": 1000, "preset": "long",
+    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), about an hour here
+        # with 13 GiB peak RSS (runs #11-#12, docs/medclm.md). Five times the images let a 4,000-step warm-up find
+        # more lesions without memorising (lesion-probe: large 0.71 -> 0.72-0.81), and the image-level heads
+        # (dense_image_weight) learn there. tiny's stage lengths on this data are 5x tiny's language steps
+        # (7,840): 2.5x left CT grounding replies answering a finding name in one of two runs (token-probe,
+        # run #12). A wider text model at lr 2e-3 ignored the question (run #10), so the model stays tiny.
+        "warmup_steps": 4000, "dense_image_weight": 1.0, "eval_every": 1000, "preset": "long",
     },
     "base-gpu": {  # one GPU: 224 px / patch 14 (256 tokens) and a ~100M-parameter model, bf16
         "image_size": 224, "patch_size": 14, "vision_hidden": 512, "vision_layers": 9, "vision_heads": 8,

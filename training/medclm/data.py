@@ -130,6 +130,8 @@ class TokenizedSequence:
     input_ids: list[int]
     weights: list[float]
     kinds: list[str] = field(default_factory=list)  # "prompt" | "image" | "reasoning" | "answer", for tests
+    text: str = ""  # the rendered conversation the ids encode
+    starts: list[int] = field(default_factory=list)  # character offset in ``text`` per token, -1 for image tokens
 
 
 def tokenize_turns(tokenizer, records: list[VQARecord], image_tokens: int, answer_weight: float,
@@ -165,11 +167,13 @@ def tokenize_turns(tokenizer, records: list[VQARecord], image_tokens: int, answe
     ids: list[int] = []
     weights: list[float] = []
     kinds: list[str] = []
+    starts: list[int] = []
     for token_id, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
         if token_id == image_id:
             ids += [token_id] * image_tokens
             weights += [0.0] * image_tokens
             kinds += ["image"] * image_tokens
+            starts += [-1] * image_tokens
             continue
         kind, weight = "prompt", 0.0
         for target_start, answer_start, turn_end in spans:
@@ -179,7 +183,8 @@ def tokenize_turns(tokenizer, records: list[VQARecord], image_tokens: int, answe
         ids.append(token_id)
         weights.append(weight)
         kinds.append(kind)
-    return TokenizedSequence(ids, weights, kinds)
+        starts.append(start)
+    return TokenizedSequence(ids, weights, kinds, text, starts)
 
 
 @dataclass

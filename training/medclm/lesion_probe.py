@@ -2,7 +2,8 @@
 
 Read from a checkpoint that still has its warm-up heads (``trainer_state.pt``, e.g. ``RUN/01-warmup``):
 - per lesion, by size category: is the lesion logit > 0 at the patch holding the lesion's centre (and
-  anywhere in the 3x3 patches around it);
+  anywhere in the 3x3 patches around it), and how good the box head's box is at that patch (IoU, centre
+  error): the best box a reader of these features could find, even knowing where to look;
 - per image: does the largest lesion logit tell images with lesions from images without;
 - if the warm-up trained the image-level heads (``dense_image_weight`` > 0): the lesion count (0, 1, 2, 3+)
   and the exact set of host organs, read from the patch-averaged heads, with the count's majority-class rate.
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.data.boxes import BOX_SCALE, box_iou
 from training.data.context import size_category
 from training.medclm.checkpoint import read_meta, read_trainer_state
 from training.medclm.config import MedCLMConfig
@@ -61,6 +63,7 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
         raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium or Hard records")
     images = ImageCache(data_dir, processor.image_processor)
     found: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
+    box_fit: dict[str, list[tuple[float, float]]] = {}  # size -> (IoU, centre error / image side)
     image_scores, image_truth = [], []
     counts, count_hits, host_hits = [], [], []
     for start in range(0, len(cases), batch_size):
@@ -68,10 +71,11 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
         pixels = torch.stack([images.get(record_image_path(r), r.modality) for r in chunk])
         outputs = heads(objective.patch_features(pixels))
         scores = outputs["lesion"].reshape(len(chunk), grid, grid)
+        boxes = outputs["box"].reshape(len(chunk), grid, grid, 4) * BOX_SCALE
         # Image-level heads were trained to give the same answer on every patch: average them over patches.
         count_guess = outputs["count"].float().softmax(-1).mean(1).argmax(-1)
         host_guess = outputs["hosts"].float().mean(1) > 0
-        for record, score, count, hosts in zip(chunk, scores, count_guess, host_guess):
+        for record, score, box, count, hosts in zip(chunk, scores, boxes, count_guess, host_guess):
             true_hosts, _, true_count, _, _ = image_level_targets(record.case_findings)
             counts.append(true_count)
             count_hits.append(int(count) == true_count)
@@ -83,6 +87,10 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
                 around = score[max(0, row - 1):row + 2, max(0, col - 1):col + 2].max().item()
                 key = (size_category(finding.size_mm), record.modality)
                 found.setdefault(key, []).append((score[row, col].item() > 0, around > 0))
+                guess = box[row, col].tolist()
+                centre_error = float(np.hypot(guess[0] + guess[2] - finding.box[0] - finding.box[2],
+                                              guess[1] + guess[3] - finding.box[1] - finding.box[3])) / 2
+                box_fit.setdefault(key[0], []).append((box_iou(guess, finding.box), centre_error / BOX_SCALE))
 
     def recall(size: str, modality: str | None = None, window: int = 0) -> float | None:
         hits = [h[window] for (s, m), values in found.items() for h in values
@@ -92,7 +100,8 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     modalities = sorted({m for _, m in found})
     lesions = {size: {"n": sum(len(v) for (s, _), v in found.items() if s == size),
                       "centre_recall": recall(size), "window_recall": recall(size, window=1),
-                      **{f"centre_recall/{m}": recall(size, m) for m in modalities}} for size in SIZES}
+                      **{f"centre_recall/{m}": recall(size, m) for m in modalities},
+                      **box_head_fit(box_fit.get(size, []))} for size in SIZES}
     scores, truth = np.array(image_scores), np.array(image_truth)
     best = max(((scores > t) == truth).mean() for t in np.concatenate([[-np.inf], np.unique(scores)]))
     image_level = None
@@ -103,3 +112,14 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": rate(truth.tolist()),
             "lesions": lesions, "image_accuracy": rate(((scores > 0) == truth).tolist()),
             "image_accuracy_best_threshold": round(float(best), 4), "image_level": image_level}
+
+
+def box_head_fit(fits: list[tuple[float, float]]) -> dict:
+    """Acc@0.5, Acc@0.3 and the median centre error (fraction of the image side) of the box head read at
+    each lesion's centre patch, from (IoU, centre error) pairs; the evaluation's grounding figures, for an
+    oracle that knows the lesion's patch."""
+    if not fits:
+        return {"box_acc@0.5": None, "box_acc@0.3": None, "box_median_centre_error": None}
+    ious = [iou for iou, _ in fits]
+    return {"box_acc@0.5": rate([iou >= 0.5 for iou in ious]), "box_acc@0.3": rate([iou >= 0.3 for iou in ious]),
+            "box_median_centre_error": round(float(np.median([error for _, error in fits])), 4)}

@@ -40,6 +40,12 @@ def test_easy_sequence_masks_token_by_token(tiny_tokenizer, tiny_records):
     assert tiny_tokenizer.decode(ids[:prompt_len]).endswith("\nThink step by step.<|assistant|>")
     assert kinds[prompt_len:].count("prompt") == 0
     assert "reasoning" in kinds and "answer" in kinds
+    # Each text token's start offset points at its own text in the rendered conversation (probes rely on it).
+    assert seq.starts[2:2 + IMAGE_TOKENS] == [-1] * IMAGE_TOKENS and len(seq.starts) == len(ids)
+    for token_id, start in zip(ids, seq.starts):
+        piece = tiny_tokenizer.decode([token_id])
+        if start >= 0 and piece.strip():
+            assert seq.text[start:].startswith(piece), (piece, seq.text[start:start + 20])
     _check_turn(tiny_tokenizer, seq, record)
 
 

@@ -94,11 +94,25 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     for size in probe["lesions"].values():
         if size["n"]:
             assert 0 <= size["centre_recall"] <= size["window_recall"] <= 1  # the 3x3 window holds the centre
+            assert 0 <= size["box_acc@0.5"] <= size["box_acc@0.3"] <= 1  # IoU >= 0.5 implies IoU >= 0.3
+            assert 0 <= size["box_median_centre_error"] <= 2 ** 0.5
     assert 0 <= probe["image_accuracy"] <= probe["image_accuracy_best_threshold"] <= 1
     counts = [min(len(r["case_findings"]), 3) for r in cases.values()]  # the image-level heads were trained
     majority = max(counts.count(c) for c in set(counts)) / len(counts)
     assert probe["image_level"]["count_majority_rate"] == round(majority, 4)
     assert 0 <= probe["image_level"]["count_accuracy"] <= 1 and 0 <= probe["image_level"]["host_set_exact"] <= 1
+
+    # The token probe scores the rationale's box digits and each question type's conclusion step.
+    from training.medclm.token_probe import COORDINATES, token_probe
+
+    tokens = token_probe(last, tiny_data, split="val", limit=12)
+    medium = [json.loads(line) for line in (tiny_data / "val.jsonl").read_text().splitlines()]
+    medium = [r for r in medium if r["stage"] == "medium"]
+    assert tokens["records"] == min(12, len(medium))
+    assert set(tokens["box_digits"]) == set(COORDINATES)
+    rates = [v for c in tokens["box_digits"].values() for v in c.values() if v is not None]
+    assert rates and all(0 <= v <= 1 for v in rates)  # the probed records hold boxes with digit tokens
+    assert {k for k in tokens["conclusion_exact"] if "/" not in k} <= {r["question_type"] for r in medium}
 
     # Resume from the Easy checkpoint: the remaining phases run, the step count continues.
     resumed = train(config, tiny_data, tmp_path / "resumed", resume=result.checkpoints[2], progress=False)

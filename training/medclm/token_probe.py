@@ -1,0 +1,101 @@
+"""Which target tokens does the language model get right when it is fed the true text before them?
+
+Teacher forcing isolates one decision at a time, where free generation compounds errors:
+- the digits of the first box in a Medium rationale (step 4), per coordinate and digit place, each predicted
+  from the image, the question and the true text up to it. Hundreds pick the patch row/column band (the
+  8x8 grid's patches are 125 units wide); tens and units need the position inside the patch.
+- the conclusion step (the reasoning line before "Answer:"), exact when every one of its tokens is the
+  model's top choice, per question type. Grounding and finding questions share steps 1-4 word for word and
+  differ only here ("the bounding box of the finding is given below" vs "the answer is <finding>"), so a
+  model that ignores the question fails one of them (docs/medclm.md, run #12).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from training.data.boxes import BOX_PATTERN
+from training.medclm.data import ANSWER_MARK, ImageCache, collate, load_records, record_image_path, tokenize_turns
+from training.medclm.errors import MedCLMError
+from training.medclm.eval_report import rate
+from training.medclm.model import base_llava
+
+COORDINATES = ("x1", "y1", "x2", "y2")
+PLACES = ("hundreds", "tens", "units")  # from the left of a three-digit value; shorter values lack the first
+_STEP_START = re.compile(r"\n\d+\. ")
+
+
+def box_digit_positions(text: str, target_start: int) -> dict[tuple[str, str], int]:
+    """Character offset of each digit of the first box at or after ``target_start``, keyed by (coordinate,
+    place); values below 100 have no hundreds digit (and below 10 no tens), as the box format writes them."""
+    match = BOX_PATTERN.search(text, target_start)
+    if match is None:
+        return {}
+    positions = {}
+    for index, coordinate in enumerate(COORDINATES):
+        start, end = match.span(index + 1)
+        for offset, place in zip(range(end - 1, start - 1, -1), reversed(PLACES)):
+            positions[(coordinate, place)] = offset
+    return positions
+
+
+def conclusion_span(text: str, target_start: int) -> tuple[int, int] | None:
+    """(start, end) characters of the last reasoning step's text (after its "N. "), or None without one."""
+    answer_at = text.rfind("\n" + ANSWER_MARK)
+    if answer_at < target_start:
+        return None
+    steps = list(_STEP_START.finditer(text, target_start, answer_at))
+    return (steps[-1].end(), answer_at) if steps else None
+
+
+@torch.no_grad()
+def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: int = 400,
+                batch_size: int = 16) -> dict:
+    """Teacher-forced accuracy of the rationale's first box, per coordinate and digit place, and the share of
+    conclusion steps predicted exactly, per question type and per ``type/modality``, over ``limit`` Medium
+    records."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    checkpoint, data_dir = Path(checkpoint), Path(data_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    tokenizer = processor.tokenizer
+    vision = base_llava(model).config.vision_config
+    image_tokens = (vision.image_size // vision.patch_size) ** 2
+    records = [r for r in load_records(data_dir / f"{split}.jsonl") if r.stage == "medium"]
+    records = sorted(records, key=lambda r: r.id)[::max(1, len(records) // limit)][:limit]  # spread over cases
+    if not records:
+        raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium records")
+    images = ImageCache(data_dir, processor.image_processor)
+    digit_hits: dict[tuple[str, str], list[bool]] = {}
+    conclusion_hits: dict[str, list[bool]] = {}
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        sequences = [tokenize_turns(tokenizer, [r], image_tokens, 1.0, 1.0) for r in chunk]
+        batch = collate(sequences, tokenizer.pad_token_id)
+        pixels = torch.stack([images.get(record_image_path(r), r.modality) for r in chunk])
+        logits = model(input_ids=batch["input_ids"], pixel_values=pixels,
+                       attention_mask=batch["attention_mask"]).logits
+        guesses = logits.argmax(-1)  # guesses[i] predicts token i + 1
+        for row, (record, seq) in enumerate(zip(chunk, sequences)):
+            token_at = {s: i for i, s in enumerate(seq.starts) if s >= 0}
+            target_start = seq.text.rfind(record.target)
+
+            def right(i: int) -> bool:
+                return i > 0 and int(guesses[row, i - 1]) == seq.input_ids[i]
+
+            for key, char in box_digit_positions(seq.text, target_start).items():
+                if char in token_at:  # digits are single tokens; a merged one would have no token of its own
+                    digit_hits.setdefault(key, []).append(right(token_at[char]))
+            span = conclusion_span(seq.text, target_start)
+            if span is not None:
+                tokens = [i for s, i in token_at.items() if span[0] <= s < span[1]]
+                exact = all(right(i) for i in tokens)
+                for key in (record.question_type, f"{record.question_type}/{record.modality}"):
+                    conclusion_hits.setdefault(key, []).append(exact)
+    return {"checkpoint": str(checkpoint), "records": len(records),
+            "box_digits": {c: {p: rate(digit_hits.get((c, p), [])) for p in PLACES} for c in COORDINATES},
+            "conclusion_exact": {t: rate(v) for t, v in sorted(conclusion_hits.items())}}
