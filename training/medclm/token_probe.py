@@ -43,12 +43,13 @@ def box_digit_positions(text: str, target_start: int) -> dict[tuple[str, str], i
 
 
 def conclusion_span(text: str, target_start: int) -> tuple[int, int] | None:
-    """(start, end) characters of the last reasoning step's text (after its "N. "), or None without one."""
+    """(start, end) characters of the last reasoning step's text, from the space after its "N." (byte-level
+    BPE tokens start at the space before a word), or None without steps."""
     answer_at = text.rfind("\n" + ANSWER_MARK)
     if answer_at < target_start:
         return None
     steps = list(_STEP_START.finditer(text, target_start, answer_at))
-    return (steps[-1].end(), answer_at) if steps else None
+    return (steps[-1].end() - 1, answer_at) if steps else None
 
 
 @torch.no_grad()

@@ -23,5 +23,5 @@ def test_box_digit_positions_name_each_digit_of_the_first_box_after_the_target_s
 
 def test_conclusion_span_is_the_last_step_before_the_answer():
     start, end = conclusion_span(TEXT, TEXT.index("Reasoning:"))
-    assert TEXT[start:end] == "Therefore the bounding box of the finding is given below."
+    assert TEXT[start:end] == " Therefore the bounding box of the finding is given below."
     assert conclusion_span("Answer: no", 0) is None  # a brief target has no steps
