@@ -14,7 +14,7 @@ import torch
 
 from training.medclm.data import ImageCache, collate, load_records, record_image_path, tokenize_turns
 from training.medclm.errors import MedCLMError
-from training.medclm.model import base_llava
+from training.medclm.model import patch_grid
 from training.medclm.objective import MedCLMObjective
 
 QUESTION_TYPES = ("organ", "presence", "finding", "grounding", "side", "count", "size")
@@ -42,7 +42,7 @@ def image_reliance(checkpoint: Path, data_dir: Path, split: str = "val", count: 
             break
     if len(records) < 2:
         raise MedCLMError(f"{split}.jsonl has fewer than two {stage} questions on different images")
-    grid = base_llava(model).config.vision_config.image_size // base_llava(model).config.vision_config.patch_size
+    grid = patch_grid(model)
     batch = collate([tokenize_turns(processor.tokenizer, [r], grid * grid, config.answer_weight,
                                     config.reasoning_weight) for r in records], processor.tokenizer.pad_token_id)
     images = ImageCache(data_dir, processor.image_processor)

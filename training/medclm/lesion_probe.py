@@ -27,7 +27,7 @@ from training.medclm.config import MedCLMConfig
 from training.medclm.data import ImageCache, load_records, record_image_path
 from training.medclm.errors import MedCLMError
 from training.medclm.eval_report import SIZES, rate
-from training.medclm.model import base_llava
+from training.medclm.model import base_llava, patch_grid
 from training.medclm.objective import MedCLMObjective
 from training.medclm.warmup import VisionWarmupHeads, centre_patch, image_level_targets
 
@@ -47,9 +47,8 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
         raise MedCLMError(f"{checkpoint} has no warm-up heads (trained without a vision warm-up?)")
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
-    vision = base_llava(model).config.vision_config
-    grid = vision.image_size // vision.patch_size
-    heads = VisionWarmupHeads(vision.hidden_size)
+    grid = patch_grid(model)
+    heads = VisionWarmupHeads(base_llava(model).config.vision_config.hidden_size)
     heads.load_state_dict(heads_state)
     config = MedCLMConfig.from_dict(config_meta["config"])
     objective = MedCLMObjective(model, heads, config)

@@ -137,6 +137,12 @@ def base_llava(model) -> LlavaForConditionalGeneration:
     return model
 
 
+def patch_grid(model) -> int:
+    """Patches per image side of a (possibly LoRA-wrapped) LLaVA model; its image tokens are the square."""
+    vision = base_llava(model).config.vision_config
+    return vision.image_size // vision.patch_size
+
+
 def count_parameters(model) -> int:
     """Number of parameters (all, trainable or not)."""
     return sum(p.numel() for p in model.parameters())

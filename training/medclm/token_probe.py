@@ -21,7 +21,8 @@ from training.data.boxes import BOX_PATTERN
 from training.medclm.data import ANSWER_MARK, ImageCache, collate, load_records, record_image_path, tokenize_turns
 from training.medclm.errors import MedCLMError
 from training.medclm.eval_report import rate
-from training.medclm.model import base_llava
+from training.medclm.evaluate import select_eval_records
+from training.medclm.model import patch_grid
 
 COORDINATES = ("x1", "y1", "x2", "y2")
 PLACES = ("hundreds", "tens", "units")  # from the left of a three-digit value; shorter values lack the first
@@ -64,10 +65,8 @@ def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: in
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     tokenizer = processor.tokenizer
-    vision = base_llava(model).config.vision_config
-    image_tokens = (vision.image_size // vision.patch_size) ** 2
-    records = [r for r in load_records(data_dir / f"{split}.jsonl") if r.stage == "medium"]
-    records = sorted(records, key=lambda r: r.id)[::max(1, len(records) // limit)][:limit]  # spread over cases
+    image_tokens = patch_grid(model) ** 2
+    records = [r for r in select_eval_records(load_records(data_dir / f"{split}.jsonl"), limit) if r.stage == "medium"]
     if not records:
         raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium records")
     images = ImageCache(data_dir, processor.image_processor)

@@ -27,8 +27,8 @@ from training.medclm.data import (Dataset, ImageCache, SequencePlan, collate, lo
                                   record_image_path, tokenize_turns)
 from training.medclm.errors import MedCLMError
 from training.medclm.evaluate import evaluate, select_eval_records
-from training.medclm.model import (base_llava, build_image_processor, build_model, build_processor,
-                                   count_parameters, load_pretrained)
+from training.medclm.model import (base_llava, build_image_processor, build_model, build_processor, count_parameters,
+                                   load_pretrained, patch_grid)
 from training.medclm.objective import MedCLMObjective
 from training.medclm.projector import calibrate_projector
 from training.medclm.prompts import INSTRUCTIONS
@@ -312,7 +312,7 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
         adaptive.load_state_dict(state["adaptive"])
 
     images = ImageCache(dataset.root, image_processor)
-    grid = base_llava(model).config.vision_config.image_size // base_llava(model).config.vision_config.patch_size
+    grid = patch_grid(model)
     dense_targets = DenseTargetCache(dataset.root, grid)
     image_tokens = grid * grid
     eval_records = select_eval_records(dataset.val, config.eval_records)
