@@ -68,6 +68,11 @@ def parse_boxes(text: str) -> list[BoxNorm]:
     return boxes
 
 
+def centre_offset(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(dx, dy) from the centre of box ``b`` to the centre of box ``a``, in the boxes' units."""
+    return (a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from training.data.anatomy import organs_for
-from training.data.boxes import BOX_SCALE, box_iou, parse_boxes
+from training.data.boxes import BOX_SCALE, box_iou, centre_offset, parse_boxes
 from training.data.context import size_category
 from training.data.records import VQARecord
 from training.medclm.data import ANSWER_MARK, ImageCache, record_image_path
@@ -129,8 +129,7 @@ def score_record(record: VQARecord, generated: str, reasoning: bool) -> dict:
         result["lesion_size"] = size_category(truth.size_mm)
         boxes = parse_boxes(extract_answer(generated))
         if boxes:
-            (px, py), (tx, ty) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (boxes[0], truth.box))
-            dx, dy = (px - tx) / BOX_SCALE, (py - ty) / BOX_SCALE
+            dx, dy = (offset / BOX_SCALE for offset in centre_offset(boxes[0], truth.box))
             result["centre_error"] = float(np.hypot(dx, dy))
             row_mm, col_mm = record.pixel_spacing_mm
             result["centre_error_mm"] = float(np.hypot(dx * record.width * col_mm, dy * record.height * row_mm))

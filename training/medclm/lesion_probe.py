@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.boxes import BOX_SCALE, box_iou
+from training.data.boxes import BOX_SCALE, box_iou, centre_offset
 from training.data.context import size_category
 from training.medclm.checkpoint import read_meta, read_trainer_state
 from training.medclm.config import MedCLMConfig
@@ -87,8 +87,7 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
                 key = (size_category(finding.size_mm), record.modality)
                 found.setdefault(key, []).append((score[row, col].item() > 0, around > 0))
                 guess = box[row, col].tolist()
-                centre_error = float(np.hypot(guess[0] + guess[2] - finding.box[0] - finding.box[2],
-                                              guess[1] + guess[3] - finding.box[1] - finding.box[3])) / 2
+                centre_error = float(np.hypot(*centre_offset(guess, finding.box)))
                 box_fit.setdefault(key[0], []).append((box_iou(guess, finding.box), centre_error / BOX_SCALE))
 
     def recall(size: str, modality: str | None = None, window: int = 0) -> float | None:

@@ -1,6 +1,6 @@
 import pytest
 
-from training.data.boxes import denormalize_box, format_box, normalize_box, parse_boxes, validate_box_px
+from training.data.boxes import centre_offset, denormalize_box, format_box, normalize_box, parse_boxes, validate_box_px
 
 
 def test_normalise_format_parse_round_trip_on_a_non_square_image():
@@ -32,3 +32,8 @@ def test_parse_skips_malformed_inverted_and_out_of_range_boxes():
 def test_bad_boxes_are_named(box, message):
     with pytest.raises(ValueError, match=message):
         validate_box_px(box, 100, 100)
+
+
+def test_centre_offset_points_from_the_second_box_to_the_first():
+    assert centre_offset((100, 200, 140, 260), (0, 0, 20, 40)) == (110.0, 210.0)
+    assert centre_offset((0, 0, 20, 40), (100, 200, 140, 260)) == (-110.0, -210.0)
