@@ -29,7 +29,8 @@ from training.medclm.errors import MedCLMError
 from training.medclm.eval_report import SIZES, rate
 from training.medclm.model import base_llava, patch_grid
 from training.medclm.objective import MedCLMObjective
-from training.medclm.warmup import VisionWarmupHeads, centre_patch, image_level_targets
+from training.medclm.warmup import (DIGIT_PLACES, VisionWarmupHeads, box_digits, centre_patch, digit_box,
+                                   image_level_targets)
 
 
 @torch.no_grad()
@@ -48,7 +49,8 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     grid = patch_grid(model)
-    heads = VisionWarmupHeads(base_llava(model).config.vision_config.hidden_size)
+    heads = VisionWarmupHeads(base_llava(model).config.vision_config.hidden_size,
+                              digits="digits.weight" in heads_state)
     heads.load_state_dict(heads_state)
     config = MedCLMConfig.from_dict(config_meta["config"])
     objective = MedCLMObjective(model, heads, config)
@@ -63,6 +65,8 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     images = ImageCache(data_dir, processor.image_processor)
     found: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     box_fit: dict[str, list[tuple[float, float]]] = {}  # size -> (IoU, centre error / image side)
+    digit_fit: dict[str, list[tuple[float, float]]] = {}  # the same for the box read from the digit heads
+    digit_hits: dict[str, list[np.ndarray]] = {}  # size -> (4, places) right/wrong per lesion
     image_scores, image_truth = [], []
     counts, count_hits, host_hits = [], [], []
     for start in range(0, len(cases), batch_size):
@@ -71,10 +75,12 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
         outputs = heads(objective.patch_features(pixels))
         scores = outputs["lesion"].reshape(len(chunk), grid, grid)
         boxes = outputs["box"].reshape(len(chunk), grid, grid, 4) * BOX_SCALE
+        digits = (outputs["digits"].argmax(-1).reshape(len(chunk), grid, grid, 4, -1)
+                  if "digits" in outputs else [None] * len(chunk))
         # Image-level heads were trained to give the same answer on every patch: average them over patches.
         count_guess = outputs["count"].float().softmax(-1).mean(1).argmax(-1)
         host_guess = outputs["hosts"].float().mean(1) > 0
-        for record, score, box, count, hosts in zip(chunk, scores, boxes, count_guess, host_guess):
+        for record, score, box, digit, count, hosts in zip(chunk, scores, boxes, digits, count_guess, host_guess):
             true_hosts, _, true_count, _, _ = image_level_targets(record.case_findings)
             counts.append(true_count)
             count_hits.append(int(count) == true_count)
@@ -89,6 +95,12 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
                 guess = box[row, col].tolist()
                 centre_error = float(np.hypot(*centre_offset(guess, finding.box)))
                 box_fit.setdefault(key[0], []).append((box_iou(guess, finding.box), centre_error / BOX_SCALE))
+                if digit is not None:
+                    read = digit_box(digit[row, col]).tolist()
+                    error = float(np.hypot(*centre_offset(read, finding.box)))
+                    digit_fit.setdefault(key[0], []).append((box_iou(read, finding.box), error / BOX_SCALE))
+                    truth = box_digits(torch.tensor(finding.box, dtype=torch.float32) / BOX_SCALE)
+                    digit_hits.setdefault(key[0], []).append((digit[row, col] == truth).numpy())
 
     def recall(size: str, modality: str | None = None, window: int = 0) -> float | None:
         hits = [h[window] for (s, m), values in found.items() for h in values
@@ -99,7 +111,9 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     lesions = {size: {"n": sum(len(v) for (s, _), v in found.items() if s == size),
                       "centre_recall": recall(size), "window_recall": recall(size, window=1),
                       **{f"centre_recall/{m}": recall(size, m) for m in modalities},
-                      **box_head_fit(box_fit.get(size, []))} for size in SIZES}
+                      **box_head_fit(box_fit.get(size, [])),
+                      **(digit_head_fit(digit_fit.get(size, []), digit_hits.get(size, [])) if digit_hits else {})}
+              for size in SIZES}
     scores, truth = np.array(image_scores), np.array(image_truth)
     best = max(((scores > t) == truth).mean() for t in np.concatenate([[-np.inf], np.unique(scores)]))
     image_level = None
@@ -110,6 +124,15 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     return {"checkpoint": str(checkpoint), "images": len(cases), "lesion_rate": rate(truth.tolist()),
             "lesions": lesions, "image_accuracy": rate(((scores > 0) == truth).tolist()),
             "image_accuracy_best_threshold": round(float(best), 4), "image_level": image_level}
+
+
+def digit_head_fit(fits: list[tuple[float, float]], hits: list[np.ndarray]) -> dict:
+    """The box read from the digit heads at the lesion's patch (as :func:`box_head_fit`, keys ``digit_…``) and
+    each digit place's accuracy over the four coordinates."""
+    fit = {f"digit_{key}": value for key, value in box_head_fit(fits).items()}
+    for i, place in enumerate(DIGIT_PLACES):
+        fit[f"digit_acc/{place}"] = round(float(np.mean([h[:, i].mean() for h in hits])), 4) if hits else None
+    return fit
 
 
 def box_head_fit(fits: list[tuple[float, float]]) -> dict:

@@ -46,7 +46,7 @@ class MedCLMObjective(nn.Module):
         if dense_targets is not None and dense_weight > 0 and self.heads is not None:
             dense, parts = dense_loss(self.heads(features), dense_targets, cfg.dense_organ_weight,
                                       cfg.dense_lesion_weight, cfg.dense_box_weight, cfg.dense_lesion_pos_weight,
-                                      cfg.dense_image_weight)
+                                      cfg.dense_image_weight, cfg.dense_digit_weight)
             result["dense"], result["dense_parts"] = dense.detach(), parts
             loss = loss + dense_weight * dense
         if input_ids is not None:

@@ -9,6 +9,10 @@ Per patch of the features LLaVA feeds its projector (layer ``vision_feature_laye
 - lesion: does a lesion box cover the patch centre (or the box centre lie in the patch, so lesions smaller
   than a patch still count);
 - box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss;
+- digits (optional, ``dense_digit_weight``): for lesion patches, the hundreds and tens digit of each box
+  coordinate in [0, 1000) as 10-way classes. The language model writes boxes digit by digit, and the tens
+  digit of a coordinate is a sawtooth of it that a small MLP does not read off a regressed value (token-probe:
+  tens digits at chance, docs/medclm.md run #12); as classes they are one linear read away;
 - image-level answers on EVERY patch (weight ``dense_image_weight``): which organs host a lesion, which finding
   types are present, how many lesions (0, 1, 2, 3+), and the box of the lesion in each host organ and of each
   finding type (what the questions name a lesion by). The tower's self-attention then copies what the questions
@@ -33,13 +37,15 @@ from training.data.records import VQARecord
 NUM_ORGAN_LABELS = max(o.label for o in ORGANS) + 1  # global labels 0..11
 FINDING_INDEX = {f.name: i for i, f in enumerate(FINDING_TYPES)}
 MAX_COUNT_CLASS = 3  # lesion counts 0, 1, 2 and "3 or more"
+DIGIT_PLACES = (100, 10)  # hundreds and tens of a box coordinate; a unit is under a pixel at 128 px
 IGNORE = -100
 
 
 class VisionWarmupHeads(nn.Module):
-    """Linear probes on patch features: organ logits, lesion logit, box (sigmoid, [0, 1])."""
+    """Linear probes on patch features: organ logits, lesion logit, box (sigmoid, [0, 1]), and optionally box
+    digit logits."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, digits: bool = False):
         super().__init__()
         self.organ = nn.Linear(hidden, NUM_ORGAN_LABELS)
         self.lesion = nn.Linear(hidden, 1)
@@ -49,13 +55,17 @@ class VisionWarmupHeads(nn.Module):
         self.count = nn.Linear(hidden, MAX_COUNT_CLASS + 1)
         self.organ_boxes = nn.Linear(hidden, NUM_ORGAN_LABELS * 4)
         self.kind_boxes = nn.Linear(hidden, len(FINDING_TYPES) * 4)
+        # Created last and only when trained, so runs without it draw the same initial weights as before.
+        self.digits = nn.Linear(hidden, 4 * len(DIGIT_PLACES) * 10) if digits else None
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4), and the image-level answers
         per patch: hosts (B, P, L), kinds (B, P, F), count (B, P, 4) logits, organ_boxes (B, P, L, 4) and
-        kind_boxes (B, P, F, 4) in [0, 1]."""
+        kind_boxes (B, P, F, 4) in [0, 1]; with digit heads also digits (B, P, 4, places, 10) logits."""
         batch, patches = features.shape[:2]
-        return {"organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
+        extra = {} if self.digits is None else {
+            "digits": self.digits(features).view(batch, patches, 4, len(DIGIT_PLACES), 10)}
+        return {**extra, "organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
                 "box": torch.sigmoid(self.box(features).float()), "hosts": self.hosts(features),
                 "kinds": self.kinds(features), "count": self.count(features),
                 "organ_boxes": torch.sigmoid(self.organ_boxes(features).float()).view(batch, patches, -1, 4),
@@ -90,6 +100,18 @@ def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> t
         presence[flat] = 1.0
         targets[flat] = np.array(box, dtype=np.float32) / 1000.0
     return presence, targets
+
+
+def box_digits(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) boxes in [0, 1] → (..., 4, places) long: each coordinate's digits in [0, 1000) per DIGIT_PLACES."""
+    units = torch.round(boxes * 1000).long().clamp(0, 999)
+    return torch.stack([(units // place) % 10 for place in DIGIT_PLACES], dim=-1)
+
+
+def digit_box(digits: torch.Tensor) -> torch.Tensor:
+    """(..., 4, places) digit classes → (..., 4) coordinates in [0, 1000), each at the middle of its last place."""
+    value = sum(digits[..., i] * place for i, place in enumerate(DIGIT_PLACES))
+    return value.float() + DIGIT_PLACES[-1] / 2
 
 
 def image_level_targets(findings) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
@@ -145,9 +167,10 @@ class DenseTargetCache:
 
 def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
                lesion_weight: float, box_weight: float, pos_weight: float, image_weight: float = 0.0,
-               ) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only), plus ``image_weight`` x the
-    image-level answers predicted from every patch (hosts and kinds BCE, count CE); returns (loss, parts)."""
+               digit_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only), plus ``digit_weight`` x the box
+    digits' CE on lesion patches, plus ``image_weight`` x the image-level answers predicted from every patch
+    (hosts and kinds BCE, count CE); returns (loss, parts)."""
     organ_logits = outputs["organ"].float()
     organ_ce = nn.functional.cross_entropy(organ_logits.reshape(-1, organ_logits.shape[-1]),
                                            targets["organ"].reshape(-1), ignore_index=IGNORE)
@@ -161,6 +184,17 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     else:
         box_l1 = outputs["box"].sum() * 0.0
     loss = organ_weight * organ_ce + lesion_weight * lesion_bce + box_weight * box_l1
+    digit_parts = {}
+    if digit_weight > 0 and "digits" in outputs:
+        if positive.any():
+            logits = outputs["digits"][positive].float()  # (N, 4, places, 10)
+            truth = box_digits(targets["box"][positive])
+            digit_ce = nn.functional.cross_entropy(logits.reshape(-1, 10), truth.reshape(-1))
+            digit_parts = {"digit_ce": digit_ce.item(),
+                           "tens_acc": (logits.argmax(-1) == truth)[..., -1].float().mean().item()}
+        else:
+            digit_ce = outputs["digits"].sum() * 0.0
+        loss = loss + digit_weight * digit_ce
     image_parts = {}
     if image_weight > 0 and "hosts" in targets:
         patches = outputs["hosts"].shape[1]
@@ -184,7 +218,7 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
         predicted = outputs["lesion"] > 0
         recall = (predicted & positive).sum() / positive.sum().clamp_min(1)
     parts = {"organ_ce": organ_ce.item(), "lesion_bce": lesion_bce.item(), "box_l1": box_l1.item(),
-             "organ_acc": organ_acc.item(), "lesion_recall": recall.item(), **image_parts}
+             "organ_acc": organ_acc.item(), "lesion_recall": recall.item(), **digit_parts, **image_parts}
     return loss, parts
 
 

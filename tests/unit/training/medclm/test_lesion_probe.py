@@ -1,6 +1,8 @@
 """The lesion probe's box-head summary: the oracle-patch figures that bound grounding accuracy."""
 
-from training.medclm.lesion_probe import box_head_fit
+import numpy as np
+
+from training.medclm.lesion_probe import box_head_fit, digit_head_fit
 
 
 def test_box_head_fit_counts_iou_thresholds_and_takes_the_median_error():
@@ -13,3 +15,12 @@ def test_box_head_fit_counts_iou_thresholds_and_takes_the_median_error():
 
 def test_box_head_fit_without_lesions_reports_nothing():
     assert box_head_fit([]) == {"box_acc@0.5": None, "box_acc@0.3": None, "box_median_centre_error": None}
+
+
+def test_digit_head_fit_reports_the_digit_box_and_each_place_over_the_four_coordinates():
+    hits = [np.array([[True, True], [True, False], [True, False], [False, False]]),
+            np.array([[True, True], [True, True], [True, True], [True, False]])]
+    summary = digit_head_fit([(0.6, 0.01), (0.2, 0.03)], hits)
+    assert summary["digit_box_acc@0.5"] == 0.5 and summary["digit_box_median_centre_error"] == 0.02
+    assert summary["digit_acc/100"] == 0.875  # (3/4 + 4/4) / 2
+    assert summary["digit_acc/10"] == 0.5  # (1/4 + 3/4) / 2

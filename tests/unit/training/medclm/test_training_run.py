@@ -23,7 +23,7 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
 
 def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_path):
     config = micro(align_steps=4, easy_epochs=4.0, medium_epochs=0.25, hard_epochs=0.5, eval_every=1000, replay=0.5,
-                   dense_image_weight=1.0)
+                   dense_image_weight=1.0, dense_digit_weight=1.0)
     result = train(config, tiny_data, tmp_path / "run", progress=False)
     names = [p.name for p in result.checkpoints]
     assert names == ["01-warmup", "02-align", "03-easy", "04-medium", "05-hard"]
@@ -35,6 +35,8 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     assert np.mean(easy[-5:]) < 0.7 * np.mean(easy[:5]), easy
     warm = [h["loss"] for h in result.history if h["phase"] == "warmup"]
     assert all(np.isfinite(warm)) and all(np.isfinite([h["loss"] for h in result.history]))
+    digit_ce = [h["digit_ce"] for h in result.history if h["phase"] == "warmup" and "digit_ce" in h]
+    assert digit_ce and all(np.isfinite(digit_ce))  # the box-digit heads trained in the warm-up
     assert result.evaluations and result.evaluations[-1]["phase"] == "hard"
     replayed = {h["stage"] for h in result.history if h["phase"] == "hard"}
     assert "hard" in replayed and replayed - {"hard"} <= {"easy", "medium"} and len(replayed) > 1  # replay
@@ -96,6 +98,8 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
             assert 0 <= size["centre_recall"] <= size["window_recall"] <= 1  # the 3x3 window holds the centre
             assert 0 <= size["box_acc@0.5"] <= size["box_acc@0.3"] <= 1  # IoU >= 0.5 implies IoU >= 0.3
             assert 0 <= size["box_median_centre_error"] <= 2 ** 0.5
+            assert 0 <= size["digit_box_acc@0.5"] <= size["digit_box_acc@0.3"] <= 1  # the digit heads were trained
+            assert 0 <= size["digit_acc/10"] <= 1 and 0 <= size["digit_acc/100"] <= 1
     assert 0 <= probe["image_accuracy"] <= probe["image_accuracy_best_threshold"] <= 1
     counts = [min(len(r["case_findings"]), 3) for r in cases.values()]  # the image-level heads were trained
     majority = max(counts.count(c) for c in set(counts)) / len(counts)
