@@ -54,8 +54,9 @@ class MedCLMConfig:
     dense_lesion_weight: float = 1.0  # per-patch lesion presence (BCE); lesions are rare, so pos_weight below
     dense_lesion_pos_weight: float = 5.0  # ~5% of patches hold a lesion; balances the BCE
     dense_box_weight: float = 2.0  # L1 box regression on lesion patches, coordinates in [0, 1]
-    dense_digit_weight: float = 0.0  # hundreds and tens digit of each box coordinate as classes on lesion patches:
-    # the form the language model writes boxes in (training.medclm.warmup)
+    dense_digit_weight: float = 0.0  # hundreds and tens digit of each box coordinate as classes on lesion patches,
+    # the form the language model writes boxes in; off: the tower learnt the hundreds but not the tens, and the
+    # language model's boxes got no better (run #13, docs/medclm.md)
     dense_image_weight: float = 0.0  # image-level answers (host organs, finding types, count) on every patch
     freeze_projector: bool = False  # keep the projector as warm-up/calibration left it during the LM stages
     freeze_vision: bool = True  # freeze the tower after warm-up (or a pretrained one from the start), as LLaVA
