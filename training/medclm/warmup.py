@@ -12,7 +12,8 @@ Per patch of the features LLaVA feeds its projector (layer ``vision_feature_laye
 - digits (optional, ``dense_digit_weight``): for lesion patches, the hundreds and tens digit of each box
   coordinate in [0, 1000) as 10-way classes. The language model writes boxes digit by digit, and the tens
   digit of a coordinate is a sawtooth of it that a small MLP does not read off a regressed value (token-probe:
-  tens digits at chance, docs/medclm.md run #12); as classes they are one linear read away;
+  tens digits at chance, docs/medclm.md run #12); as classes they are one linear read away. Measured in run
+  #13: the tower learnt the hundreds but not the tens, and the language model gained nothing, so it is off;
 - image-level answers on EVERY patch (weight ``dense_image_weight``): which organs host a lesion, which finding
   types are present, how many lesions (0, 1, 2, 3+), and the box of the lesion in each host organ and of each
   finding type (what the questions name a lesion by). The tower's self-attention then copies what the questions
@@ -32,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from training.data.anatomy import FINDING_TYPES, ORGANS
+from training.data.boxes import BOX_SCALE
 from training.data.records import VQARecord
 
 NUM_ORGAN_LABELS = max(o.label for o in ORGANS) + 1  # global labels 0..11
@@ -103,13 +105,15 @@ def lesion_patch_targets(boxes: list[tuple[int, int, int, int]], grid: int) -> t
 
 
 def box_digits(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) boxes in [0, 1] → (..., 4, places) long: each coordinate's digits in [0, 1000) per DIGIT_PLACES."""
-    units = torch.round(boxes * 1000).long().clamp(0, 999)
+    """(..., 4) boxes in [0, 1] → (..., 4, places) long: each coordinate's digits in [0, BOX_SCALE) per
+    DIGIT_PLACES."""
+    units = torch.round(boxes * BOX_SCALE).long().clamp(0, BOX_SCALE - 1)
     return torch.stack([(units // place) % 10 for place in DIGIT_PLACES], dim=-1)
 
 
 def digit_box(digits: torch.Tensor) -> torch.Tensor:
-    """(..., 4, places) digit classes → (..., 4) coordinates in [0, 1000), each at the middle of its last place."""
+    """(..., 4, places) digit classes → (..., 4) coordinates in [0, BOX_SCALE), each at the middle of its last
+    place."""
     value = sum(digits[..., i] * place for i, place in enumerate(DIGIT_PLACES))
     return value.float() + DIGIT_PLACES[-1] / 2
 
