@@ -132,14 +132,13 @@ def build_config(args: argparse.Namespace, overrides: list[str]) -> MedCLMConfig
 def run_command(args: argparse.Namespace) -> dict:
     """Run a non-training command; returns what it prints as JSON."""
     if args.command == "evaluate":
-        from training.medclm.eval_report import evaluate_checkpoint, write_report
+        from training.medclm.eval_report import PREDICTIONS, evaluate_checkpoint, write_report
 
         report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.limit, args.engine, args.dtype,
                                      args.quantization, args.threads, args.max_new_tokens)
         if args.out is not None:
-            json_path, md_path = write_report(report, args.out)
-            report = {**report, "written": [str(json_path), str(md_path)]}
-        return {k: v for k, v in report.items() if k != "examples"}
+            report = {**report, "written": [str(path) for path in write_report(report, args.out)]}
+        return {k: v for k, v in report.items() if k not in ("examples", PREDICTIONS)}
     if args.command == "quantize":
         from training.medclm.quantize import DEFAULT_WEIGHT_MAX, quantize_w8a8
 

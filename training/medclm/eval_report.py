@@ -21,6 +21,7 @@ from training.medclm.evaluate import score_record, select_eval_records
 
 SPLITS = ("train", "val", "test")
 SIZES = ("small", "medium", "large")
+PREDICTIONS = "predictions"  # report key of the per-reply list; kept out of OUT.json (OUT.predictions.jsonl)
 
 
 def load_eval_records(data_dir: Path, split: str = "test", limit: int | None = None) -> list[VQARecord]:
@@ -88,12 +89,17 @@ def build_report(checkpoint: Path, meta: dict, records: list[VQARecord], generat
     report = {"checkpoint": str(checkpoint), "stage": meta.get("stage"), **info,
               "timing": {"seconds": round(seconds, 2), "generated_tokens": tokens, "requests": len(records),
                          "tokens_per_second": round(tokens / seconds, 1) if seconds else None}}
+    scores = [score_record(r, g.text, reasoning=r.stage != "hard") for r, g in zip(records, generations)]
     for style, stage in (("reasoning", "medium"), ("brief", "hard")):
-        chosen = [(r, g) for r, g in zip(records, generations) if r.stage == stage]
-        scores = [score_record(r, g.text, reasoning=stage != "hard") for r, g in chosen]
-        report[style] = summarise_scores([r for r, _ in chosen], scores)
+        chosen = [(r, s) for r, s in zip(records, scores) if r.stage == stage]
+        report[style] = summarise_scores([r for r, _ in chosen], [s for _, s in chosen])
     report["examples"] = [{"id": r.id, "question": r.question, "answer": r.answer, "generated": g.text}
                           for r, g in list(zip(records, generations))[:6]]
+    # Every reply with its scores, for reading failures; write_report puts them in their own JSONL file.
+    report[PREDICTIONS] = [{"id": r.id, "style": "brief" if r.stage == "hard" else "reasoning",
+                            "modality": r.modality, "question_type": r.question_type, "question": r.question,
+                            "answer": r.answer, "generated": g.text, **s}
+                           for r, g, s in zip(records, generations, scores)]
     return report
 
 
@@ -152,11 +158,18 @@ def render_markdown(report: dict) -> str:
     return title + head + "\n".join(lines) + "\n" + note
 
 
-def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    """Write ``out.json`` and ``out.md`` (``out`` without suffix); returns both paths."""
+def write_report(report: dict, out: Path) -> list[Path]:
+    """Write ``out.json`` and ``out.md`` (``out`` without suffix), and each reply with its scores to
+    ``out.predictions.jsonl`` when the report has them; returns the paths written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    predictions = report.get(PREDICTIONS)
+    json_path.write_text(json.dumps({k: v for k, v in report.items() if k != PREDICTIONS}, indent=2) + "\n")
     md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    if predictions is not None:
+        lines = (json.dumps(p) + "\n" for p in predictions)
+        jsonl_path = out.with_suffix(".predictions.jsonl")
+        jsonl_path.write_text("".join(lines))
+        return [json_path, md_path, jsonl_path]
+    return [json_path, md_path]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from training.medclm.data import load_records
-from training.medclm.eval_report import aggregate, load_eval_records, summarise_scores
+from training.medclm.engines import Generation
+from training.medclm.eval_report import (PREDICTIONS, aggregate, build_report, load_eval_records, summarise_scores,
+                                         write_report)
 from training.medclm.evaluate import format_valid, organs_named, rationale_consistent, score_record
 
 
@@ -50,3 +54,21 @@ def test_aggregate_and_selection(tiny_data, val):
     summary = summarise_scores(medium, scores)
     assert summary["overall"]["n"] == 3 and summary["overall"]["format_validity"] == 1.0
     assert aggregate([])["accuracy"] is None
+
+
+def test_report_writes_every_reply_with_its_scores(tiny_data, tmp_path):
+    records = load_eval_records(tiny_data, "val", limit=3)
+    # The data's own targets, except the first reply, which answers nothing.
+    texts = ["Answer: nothing"] + [r.target for r in records[1:]]
+    generations = [Generation(text, [1] * len(text)) for text in texts]
+    report = build_report(tmp_path / "ckpt", {"stage": "hard"}, records, generations, 2.0, engine="test",
+                          dtype="float32", quantization=None, split="val")
+    written = write_report(report, tmp_path / "evaluation")
+    assert [p.name for p in written] == ["evaluation.json", "evaluation.md", "evaluation.predictions.jsonl"]
+    assert PREDICTIONS not in json.loads(written[0].read_text())  # the summary stays small
+    rows = [json.loads(line) for line in written[2].read_text().splitlines()]
+    assert [row["id"] for row in rows] == [r.id for r in records]
+    assert [row["generated"] for row in rows] == texts
+    assert [row["style"] for row in rows] == ["brief" if r.stage == "hard" else "reasoning" for r in records]
+    assert not rows[0]["correct"] and not rows[0]["format_valid"]
+    assert all(row["correct"] and row["format_valid"] for row in rows[1:])
