@@ -106,7 +106,7 @@ def record_image_path(record: VQARecord) -> str:
 class ImageCache:
     """Preprocessed ``pixel_values`` per image file, computed once with the checkpoint's image processor.
 
-    Why not cache the processor's floats: a 20,000-phantom run held 32,000 images (clean and Easy copies),
+    Why not cache the processor's floats: a 20,000-phantom run holds about 33,000 images (clean and Easy copies),
     3.2 GB even in bf16. Held here instead: the resized 8-bit pixels (one channel when the image is gray),
     turned into the processor's values on each ``get`` through a 256-entry table per channel, which is
     exact because rescaling and normalising act on each pixel value alone. A processor for which that does
