@@ -193,12 +193,13 @@ class MedCLMConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
     "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), about an hour here
-        # with 13 GiB peak RSS (runs #11-#12, docs/medclm.md). Five times the images let a 4,000-step warm-up find
-        # more lesions without memorising (lesion-probe: large 0.71 -> 0.72-0.81), and the image-level heads
-        # (dense_image_weight) learn there. tiny's stage lengths on this data are 5x tiny's language steps
-        # (7,840): 2.5x left CT grounding replies answering a finding name in one of two runs (token-probe,
-        # run #12). A wider text model at lr 2e-3 ignored the question (run #10), so the model stays tiny.
-        "warmup_steps": 4000, "dense_image_weight": 1.0, "eval_every": 1000, "preset": "long",
+        # with 13 GiB peak RSS (runs #11-#14, docs/medclm.md). Five times the images let a longer warm-up find
+        # more lesions without memorising, and the image-level heads (dense_image_weight) learn there; 12,000
+        # steps beat 4,000 (large-lesion recall 0.72 -> 0.86; closed 0.66 -> 0.71, open 0.57 -> 0.62, run #14).
+        # tiny's stage lengths on this data are 5x tiny's language steps (7,840): 2.5x left CT grounding replies
+        # answering a finding name in one of two runs (token-probe, run #12). A wider text model at lr 2e-3
+        # ignored the question (run #10), so the model stays tiny.
+        "warmup_steps": 12000, "dense_image_weight": 1.0, "eval_every": 1000, "preset": "long",
     },
     "base-gpu": {  # one GPU: 224 px / patch 14 (256 tokens) and a ~100M-parameter model, bf16
         "image_size": 224, "patch_size": 14, "vision_hidden": 512, "vision_layers": 9, "vision_heads": 8,

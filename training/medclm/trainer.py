@@ -321,7 +321,8 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
     parameters = count_parameters(base_llava(model))
     if accelerator.is_main_process:
         accelerator.print(f"MedCLM {config.preset}: {parameters / 1e6:.2f}M parameters, {len(dataset.train)} train "
-                          f"records, phases {[(p.name, p.steps) for p in phases]}, {world} process(es)")
+                          f"records, phases {[(p.name, p.steps) for p in phases]}, {world} process(es), "
+                          f"mixed precision {accelerator.mixed_precision}")
 
     def run_eval(tag: str) -> dict:
         if not eval_records or not accelerator.is_main_process:
@@ -447,6 +448,8 @@ def train(config: MedCLMConfig, data_dir: Path, out_dir: Path, resume: Path | No
             recent = [h for h in history if h["phase"] == phase.name][-5:]
             figures = {"phase_seconds": round(seconds, 1), "samples_per_second": round(samples * world / seconds, 2),
                        "peak_memory_mb": peak_memory_mb(), "parameters": parameters, "recent_losses": recent,
+                       # "auto" resolves per machine (bf16 only where the CPU has it natively): record what ran
+                       "mixed_precision": accelerator.mixed_precision,
                        "evaluation": final_eval, "examples": run_eval.examples[:6] if final_eval else []}
             unwrapped = accelerator.unwrap_model(objective)
             trainer_state = {

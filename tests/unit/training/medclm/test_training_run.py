@@ -48,6 +48,7 @@ def test_micro_run_loss_falls_checkpoints_load_and_resume(tiny_data, micro, tmp_
     meta = json.loads((last / META_FILE).read_text())
     assert meta["stage"] == "hard" and meta["config"]["text_hidden"] == config.text_hidden
     assert len(meta["data_fingerprint"]) == 64 and "evaluation" in meta["figures"]
+    assert meta["figures"]["mixed_precision"] == config.resolved_precision()  # what ran, not "auto"
     # Peak memory is the process's own high-water mark: it never falls, and torch alone needs > 100 MB.
     peaks = [json.loads((c / META_FILE).read_text())["figures"]["peak_memory_mb"]["rss"] for c in result.checkpoints]
     assert peaks == sorted(peaks) and peaks[0] > 100 and result.peak_memory_mb["rss"] >= peaks[-1]
