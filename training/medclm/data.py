@@ -125,7 +125,7 @@ class ImageCache:
                                     return_tensors="pt")["pixel_values"][0]
 
     def _lookup(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1 or 3, S, S) uint8 → (3, S, S) processor values (one flat gather: the fastest torch path)."""
+        """(1 or 3, S, S) uint8 → (3, S, S) processor values, in one flat gather."""
         index = pixels.long() + torch.arange(0, 3 * 256, 256).view(3, 1, 1)
         return self._table.view(-1).index_select(0, index.view(-1)).view(index.shape)
 
