@@ -129,8 +129,9 @@ class ImageCache:
         index = pixels.long() + torch.arange(0, 3 * 256, 256).view(3, 1, 1)
         return self._table.view(-1).index_select(0, index.view(-1)).view(index.shape)
 
-    def _check_compact(self, image, raw: torch.Tensor) -> bool:
+    def _check_compact(self, image) -> bool:
         """Is the table exact for this processor? Compares it once with the processor's own output."""
+        raw = self._raw_pixels(image)
         if raw.dtype != torch.uint8 and not torch.equal(raw, raw.round().clamp(0, 255)):
             return False
         ramp = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256)).convert("RGB")
@@ -143,11 +144,10 @@ class ImageCache:
         """(3, S, S) float tensor for the image at ``rel``, equal to the image processor's output."""
         if rel not in self._cache:
             image = load_model_image(self.root / rel, modality)
-            raw = self._raw_pixels(image)
             if self._compact is None:
-                self._compact = self._check_compact(image, raw)
+                self._compact = self._check_compact(image)
             if self._compact:
-                pixels = raw.to(torch.uint8)
+                pixels = self._raw_pixels(image).to(torch.uint8)
                 gray = torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[0], pixels[2])
                 self._cache[rel] = pixels[:1].clone() if gray else pixels
             else:

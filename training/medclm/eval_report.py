@@ -160,16 +160,11 @@ def render_markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path) -> list[Path]:
     """Write ``out.json`` and ``out.md`` (``out`` without suffix), and each reply with its scores to
-    ``out.predictions.jsonl`` when the report has them; returns the paths written."""
+    ``out.predictions.jsonl``; returns the three paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    predictions = report.get(PREDICTIONS)
-    json_path.write_text(json.dumps({k: v for k, v in report.items() if k != PREDICTIONS}, indent=2) + "\n")
-    md_path.write_text(render_markdown(report))
-    if predictions is not None:
-        lines = (json.dumps(p) + "\n" for p in predictions)
-        jsonl_path = out.with_suffix(".predictions.jsonl")
-        jsonl_path.write_text("".join(lines))
-        return [json_path, md_path, jsonl_path]
-    return [json_path, md_path]
+    paths = [out.with_suffix(".json"), out.with_suffix(".md"), out.with_suffix(".predictions.jsonl")]
+    paths[0].write_text(json.dumps({k: v for k, v in report.items() if k != PREDICTIONS}, indent=2) + "\n")
+    paths[1].write_text(render_markdown(report))
+    paths[2].write_text("".join(json.dumps(p) + "\n" for p in report[PREDICTIONS]))
+    return paths
