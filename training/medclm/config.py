@@ -16,6 +16,7 @@ from training.overrides import apply_overrides as shared_apply_overrides
 
 CURRICULA = ("sequential", "adaptive", "mixed", "hard-only")
 LR_SCHEDULES = ("per-stage", "single")
+BOX_ENCODINGS = ("corners", "centre_size")  # dense warm-up box targets, training.medclm.warmup
 
 
 @dataclass
@@ -54,6 +55,9 @@ class MedCLMConfig:
     dense_lesion_weight: float = 1.0  # per-patch lesion presence (BCE); lesions are rare, so pos_weight below
     dense_lesion_pos_weight: float = 5.0  # ~5% of patches hold a lesion; balances the BCE
     dense_box_weight: float = 2.0  # L1 box regression on lesion patches, coordinates in [0, 1]
+    dense_box_encoding: str = "corners"  # corners: each patch regresses the box's corners in [0, 1] (sigmoid);
+    # centre_size: the box centre's offset from the patch centre and log width/height, both in patch units (as
+    # detectors encode boxes), L1 in that space: a small lesion's error counts as much as a large one's
     dense_digit_weight: float = 0.0  # hundreds and tens digit of each box coordinate as classes on lesion patches,
     # the form the language model writes boxes in; off: the tower learnt the hundreds but not the tens, and the
     # language model's boxes got no better (run #13, docs/medclm.md)
@@ -141,6 +145,8 @@ class MedCLMConfig:
             problems.append(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             problems.append(f"mixed_precision {self.mixed_precision!r} is not one of auto, no, bf16, fp16")
+        if self.dense_box_encoding not in BOX_ENCODINGS:
+            problems.append(f"dense_box_encoding {self.dense_box_encoding!r} is not one of {', '.join(BOX_ENCODINGS)}")
         if self.questions_per_image < 1 or self.batch_size < 1:
             problems.append("questions_per_image and batch_size must be at least 1")
         if not 0 <= self.replay < 1:

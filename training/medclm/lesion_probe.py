@@ -49,10 +49,10 @@ def lesion_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: i
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     grid = patch_grid(model)
-    heads = VisionWarmupHeads(base_llava(model).config.vision_config.hidden_size,
-                              digits="digits.weight" in heads_state)
-    heads.load_state_dict(heads_state)
     config = MedCLMConfig.from_dict(config_meta["config"])
+    heads = VisionWarmupHeads(base_llava(model).config.vision_config.hidden_size,
+                              digits="digits.weight" in heads_state, box_encoding=config.dense_box_encoding)
+    heads.load_state_dict(heads_state)
     objective = MedCLMObjective(model, heads, config)
 
     by_case = {}

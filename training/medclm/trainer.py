@@ -267,8 +267,8 @@ def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
         image_processor = build_image_processor(config.image_size)
         model = build_model(config, tokenizer)
     llava = base_llava(model)
-    heads = (VisionWarmupHeads(llava.config.vision_config.hidden_size, digits=config.dense_digit_weight > 0)
-             if need_dense else None)
+    heads = (VisionWarmupHeads(llava.config.vision_config.hidden_size, digits=config.dense_digit_weight > 0,
+                               box_encoding=config.dense_box_encoding) if need_dense else None)
     if heads is not None and state is not None and state.get("heads") is not None:
         heads.load_state_dict(state["heads"], strict=False)  # heads added since then start fresh
     return dataset, tokenizer, image_processor, model, heads, state

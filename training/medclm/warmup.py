@@ -8,7 +8,10 @@ Per patch of the features LLaVA feeds its projector (layer ``vision_feature_laye
 - organ: the majority global organ label (``training.data.anatomy``) of the patch, 0 = background;
 - lesion: does a lesion box cover the patch centre (or the box centre lie in the patch, so lesions smaller
   than a patch still count);
-- box: for lesion patches, that lesion's box in [0, 1] (x1, y1, x2, y2), L1 loss;
+- box: for lesion patches, that lesion's box, L1 loss: as its corners in [0, 1] (``corners``), or as detectors
+  encode it (``centre_size``): the offset of its centre from the patch centre and its log width and height,
+  in patch units, so the head learns where inside its own patch a lesion sits and a small lesion's error
+  weighs as much as a large one's. Either way the heads also return the box as corners in [0, 1];
 - digits (optional, ``dense_digit_weight``): for lesion patches, the hundreds and tens digit of each box
   coordinate in [0, 1000) as 10-way classes. The language model writes boxes digit by digit, and the tens
   digit of a coordinate is a sawtooth of it that a small MLP does not read off a regressed value (token-probe:
@@ -35,6 +38,7 @@ from torch import nn
 from training.data.anatomy import FINDING_TYPES, ORGANS
 from training.data.boxes import BOX_SCALE
 from training.data.records import VQARecord
+from training.medclm.config import BOX_ENCODINGS
 
 NUM_ORGAN_LABELS = max(o.label for o in ORGANS) + 1  # global labels 0..11
 FINDING_INDEX = {f.name: i for i, f in enumerate(FINDING_TYPES)}
@@ -44,11 +48,14 @@ IGNORE = -100
 
 
 class VisionWarmupHeads(nn.Module):
-    """Linear probes on patch features: organ logits, lesion logit, box (sigmoid, [0, 1]), and optionally box
-    digit logits."""
+    """Linear probes on patch features: organ logits, lesion logit, box (``box_encoding``, returned as corners in
+    [0, 1]), and optionally box digit logits."""
 
-    def __init__(self, hidden: int, digits: bool = False):
+    def __init__(self, hidden: int, digits: bool = False, box_encoding: str = "corners"):
         super().__init__()
+        if box_encoding not in BOX_ENCODINGS:
+            raise ValueError(f"box_encoding {box_encoding!r} is not one of {', '.join(BOX_ENCODINGS)}")
+        self.box_encoding = box_encoding
         self.organ = nn.Linear(hidden, NUM_ORGAN_LABELS)
         self.lesion = nn.Linear(hidden, 1)
         self.box = nn.Linear(hidden, 4)
@@ -63,15 +70,55 @@ class VisionWarmupHeads(nn.Module):
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, P, H) → organ (B, P, L), lesion (B, P), box (B, P, 4), and the image-level answers
         per patch: hosts (B, P, L), kinds (B, P, F), count (B, P, 4) logits, organ_boxes (B, P, L, 4) and
-        kind_boxes (B, P, F, 4) in [0, 1]; with digit heads also digits (B, P, 4, places, 10) logits."""
+        kind_boxes (B, P, F, 4) in [0, 1]; with digit heads also digits (B, P, 4, places, 10) logits; with the
+        ``centre_size`` encoding also box_code (B, P, 4), what the box loss compares."""
         batch, patches = features.shape[:2]
         extra = {} if self.digits is None else {
             "digits": self.digits(features).view(batch, patches, 4, len(DIGIT_PLACES), 10)}
+        raw_box = self.box(features).float()
+        if self.box_encoding == "centre_size":
+            extra["box_code"] = raw_box
+            box = decode_centre_size(raw_box, square_grid(patches))
+        else:
+            box = torch.sigmoid(raw_box)
         return {**extra, "organ": self.organ(features), "lesion": self.lesion(features).squeeze(-1),
-                "box": torch.sigmoid(self.box(features).float()), "hosts": self.hosts(features),
+                "box": box, "hosts": self.hosts(features),
                 "kinds": self.kinds(features), "count": self.count(features),
                 "organ_boxes": torch.sigmoid(self.organ_boxes(features).float()).view(batch, patches, -1, 4),
                 "kind_boxes": torch.sigmoid(self.kind_boxes(features).float()).view(batch, patches, -1, 4)}
+
+
+def square_grid(patches: int) -> int:
+    """The side of a square grid of ``patches`` patches."""
+    grid = int(round(patches ** 0.5))
+    if grid * grid != patches:
+        raise ValueError(f"{patches} patches do not form a square grid")
+    return grid
+
+
+def patch_centres(grid: int, device=None) -> torch.Tensor:
+    """(grid*grid, 2) patch centres (x, y) in [0, 1], row-major as the tower orders its patches."""
+    middle = (torch.arange(grid, dtype=torch.float32, device=device) + 0.5) / grid
+    return torch.stack([middle.repeat(grid), middle.repeat_interleave(grid)], dim=-1)
+
+
+MIN_BOX_SIDE = 1.0 / BOX_SCALE  # a box in [0, 1000) integers is at least one unit wide where it is drawn
+
+
+def encode_centre_size(boxes: torch.Tensor, grid: int) -> torch.Tensor:
+    """(..., P, 4) corners in [0, 1] → (..., P, 4): centre offset from each patch's centre (x, y) and log width
+    and height, all in patch units."""
+    centres = patch_centres(grid, boxes.device)
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(MIN_BOX_SIDE)
+    offset = ((boxes[..., :2] + boxes[..., 2:]) / 2 - centres) * grid
+    return torch.cat([offset, torch.log(size * grid)], dim=-1)
+
+
+def decode_centre_size(codes: torch.Tensor, grid: int) -> torch.Tensor:
+    """Inverse of :func:`encode_centre_size`, corners clamped to [0, 1]."""
+    centre = patch_centres(grid, codes.device) + codes[..., :2] / grid
+    half = torch.exp(codes[..., 2:].clamp(max=np.log(grid))) / grid / 2  # at most the image side
+    return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)
 
 
 def organ_patch_labels(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -172,7 +219,7 @@ class DenseTargetCache:
 def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
                lesion_weight: float, box_weight: float, pos_weight: float, image_weight: float = 0.0,
                digit_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only), plus ``digit_weight`` x the box
+    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only, in the heads' box encoding), plus ``digit_weight`` x the box
     digits' CE on lesion patches, plus ``image_weight`` x the image-level answers predicted from every patch
     (hosts and kinds BCE, count CE); returns (loss, parts)."""
     organ_logits = outputs["organ"].float()
@@ -183,7 +230,10 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     lesion_bce = nn.functional.binary_cross_entropy_with_logits(
         outputs["lesion"].float(), targets["lesion"], pos_weight=torch.tensor(pos_weight))
     positive = targets["lesion"] > 0
-    if positive.any():
+    if positive.any() and "box_code" in outputs:
+        truth = encode_centre_size(targets["box"], square_grid(targets["box"].shape[1]))
+        box_l1 = (outputs["box_code"][positive] - truth[positive]).abs().mean()
+    elif positive.any():
         box_l1 = (outputs["box"][positive] - targets["box"][positive]).abs().mean()
     else:
         box_l1 = outputs["box"].sum() * 0.0
