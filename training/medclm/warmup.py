@@ -219,9 +219,9 @@ class DenseTargetCache:
 def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], organ_weight: float,
                lesion_weight: float, box_weight: float, pos_weight: float, image_weight: float = 0.0,
                digit_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only, in the heads' box encoding), plus ``digit_weight`` x the box
-    digits' CE on lesion patches, plus ``image_weight`` x the image-level answers predicted from every patch
-    (hosts and kinds BCE, count CE); returns (loss, parts)."""
+    """Weighted sum of organ CE, lesion BCE and box L1 (on lesion patches only, in the heads' box encoding),
+    plus ``digit_weight`` x the box digits' CE on lesion patches, plus ``image_weight`` x the image-level
+    answers predicted from every patch (hosts and kinds BCE, count CE); returns (loss, parts)."""
     organ_logits = outputs["organ"].float()
     organ_ce = nn.functional.cross_entropy(organ_logits.reshape(-1, organ_logits.shape[-1]),
                                            targets["organ"].reshape(-1), ignore_index=IGNORE)

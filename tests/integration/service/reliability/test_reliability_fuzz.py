@@ -325,7 +325,7 @@ def test_ask_over_grpc_never_fails_with_a_server_error(service, data):
 
 def test_the_shared_service_is_healthy_after_fuzzing(service):
     assert_healthy(service.http_url)
-    reply = httpx.post(f"{service.http_url}/v1/ask", json={"image": {"data_base64": base64.b64encode(CT_SMALL).decode()},
-                                                          "question": "Where is the lesion?", "max_tokens": 8},
-                       timeout=120)
+    body = {"image": {"data_base64": base64.b64encode(CT_SMALL).decode()}, "question": "Where is the lesion?",
+            "max_tokens": 8}
+    reply = httpx.post(f"{service.http_url}/v1/ask", json=body, timeout=120)
     assert reply.status_code == 200
