@@ -230,11 +230,13 @@ def dense_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     lesion_bce = nn.functional.binary_cross_entropy_with_logits(
         outputs["lesion"].float(), targets["lesion"], pos_weight=torch.tensor(pos_weight))
     positive = targets["lesion"] > 0
-    if positive.any() and "box_code" in outputs:
-        truth = encode_centre_size(targets["box"], square_grid(targets["box"].shape[1]))
-        box_l1 = (outputs["box_code"][positive] - truth[positive]).abs().mean()
-    elif positive.any():
-        box_l1 = (outputs["box"][positive] - targets["box"][positive]).abs().mean()
+    if positive.any():
+        if "box_code" in outputs:  # centre_size: compared in the encoded space
+            predicted = outputs["box_code"][positive]
+            truth = encode_centre_size(targets["box"], square_grid(targets["box"].shape[1]))[positive]
+        else:
+            predicted, truth = outputs["box"][positive], targets["box"][positive]
+        box_l1 = (predicted - truth).abs().mean()
     else:
         box_l1 = outputs["box"].sum() * 0.0
     loss = organ_weight * organ_ce + lesion_weight * lesion_bce + box_weight * box_l1
