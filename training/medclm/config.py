@@ -59,7 +59,8 @@ class MedCLMConfig:
     # centre_size: the box centre's offset from the patch centre and log width/height, both in patch units (as
     # detectors encode boxes), L1 in that space: a small lesion's error counts as much as a large one's. Run #16:
     # the tower's box at the lesion patch went from 0.00/0.06/0.52 to 0.02/0.21/0.77 Acc@0.5, but the language
-    # model's boxes did not follow, so off by default (docs/medclm.md)
+    # model's boxes did not follow at 7,840 language steps. The long preset uses it with 15,680 (run #17); tiny's
+    # shorter language stages keep corners (docs/medclm.md)
     dense_digit_weight: float = 0.0  # hundreds and tens digit of each box coordinate as classes on lesion patches,
     # the form the language model writes boxes in; off: the tower learnt the hundreds but not the tens, and the
     # language model's boxes got no better (run #13, docs/medclm.md)
@@ -200,14 +201,16 @@ class MedCLMConfig:
 # Presets change only what differs from the tiny defaults above; each line says why.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), about an hour here
-        # with 13 GiB peak RSS (runs #11-#14, docs/medclm.md). Five times the images let a longer warm-up find
+    "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), about 1 h 50 min here
+        # with 12.6 GiB peak RSS (runs #11-#17, docs/medclm.md). Five times the images let a longer warm-up find
         # more lesions without memorising, and the image-level heads (dense_image_weight) learn there; 12,000
         # steps beat 4,000 (large-lesion recall 0.72 -> 0.86; closed 0.66 -> 0.71, open 0.57 -> 0.62, run #14).
-        # tiny's stage lengths on this data are 5x tiny's language steps (7,840): 2.5x left CT grounding replies
-        # answering a finding name in one of two runs (token-probe, run #12). A wider text model at lr 2e-3
-        # ignored the question (run #10), so the model stays tiny.
-        "warmup_steps": 12000, "dense_image_weight": 1.0, "eval_every": 1000, "preset": "long",
+        # The centre/size box target places the tower's boxes better (run #16), and the language model reads
+        # them only with 15,680 language steps, twice run #14's: closed 0.71 -> 0.78, format 0.95 -> 0.97
+        # (run #17, confirmed from scratch). A wider text model at lr 2e-3 ignored the question (run #10), so
+        # the model stays tiny.
+        "warmup_steps": 12000, "dense_image_weight": 1.0, "dense_box_encoding": "centre_size",
+        "curriculum_steps": 15680, "eval_every": 1000, "preset": "long",
     },
     "base-gpu": {  # one GPU: 224 px / patch 14 (256 tokens) and a ~100M-parameter model, bf16
         "image_size": 224, "patch_size": 14, "vision_hidden": 512, "vision_layers": 9, "vision_heads": 8,

@@ -48,6 +48,7 @@ def test_yaml_file_applies_and_fails_on_unknown_keys(tmp_path):
     good.write_text("preset: long\nlr: 0.0002\nquestions_per_image: 2\n")
     config = load_config("tiny", good, ["--seed=3"])
     assert config.preset == "long" and config.warmup_steps == PRESETS["long"]["warmup_steps"] != 1500
+    assert config.dense_box_encoding == "centre_size" and config.curriculum_steps == 15680  # run #17
     assert config.lr == 2e-4 and config.questions_per_image == 2 and config.seed == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 0.001\nbatchsize: 4\n")
