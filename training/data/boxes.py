@@ -58,6 +58,36 @@ def format_box(box: Sequence[int]) -> str:
     return f"<box>[{x1}, {y1}, {x2}, {y2}]</box>"
 
 
+def grid_value(value: int, cells: int) -> int:
+    """The multiple of ``1000 / cells`` nearest ``value``, rounded to an integer and kept below 1000."""
+    return min(BOX_SCALE - 1, round(round(value * cells / BOX_SCALE) * BOX_SCALE / cells))
+
+
+def grid_values(cells: int) -> list[int]:
+    """Every value :func:`grid_value` can return for a grid of ``cells`` lines per side, ascending."""
+    return sorted({grid_value(round(k * BOX_SCALE / cells), cells) for k in range(cells + 1)})
+
+
+def snap_box(box: Sequence[int], cells: int) -> BoxNorm:
+    """``box`` with each coordinate moved to the nearest grid line; a box narrower than one cell keeps one."""
+    values = grid_values(cells)
+    x1, y1, x2, y2 = (grid_value(int(v), cells) for v in box)
+
+    def after(low: int, high: int) -> int:  # a 1-px lesion must not collapse to a zero-area box
+        return high if high > low else next((v for v in values if v > low), low)
+
+    return (x1, y1, after(x1, x2), after(y1, y2))
+
+
+def snap_boxes(text: str, cells: int) -> str:
+    """``text`` with every well-formed box written on a grid of ``cells`` lines per side (:func:`snap_box`).
+
+    With ``cells`` = the model's input width, this drops only what the model cannot see (1000 units are
+    7.8 per pixel at 128 px), and leaves ``cells + 1`` possible values per coordinate.
+    """
+    return BOX_PATTERN.sub(lambda match: format_box(snap_box([int(v) for v in match.groups()], cells)), text)
+
+
 def parse_boxes(text: str) -> list[BoxNorm]:
     """Every well-formed box in ``text``, in order; malformed or out-of-range ones are skipped."""
     boxes = []

@@ -17,6 +17,7 @@ from training.overrides import apply_overrides as shared_apply_overrides
 CURRICULA = ("sequential", "adaptive", "mixed", "hard-only")
 LR_SCHEDULES = ("per-stage", "single")
 BOX_ENCODINGS = ("corners", "centre_size")  # dense warm-up box targets, training.medclm.warmup
+BOX_TOKENS = ("digits", "pixels")  # how the language model writes a box coordinate, training.medclm.tokenizer
 
 
 @dataclass
@@ -36,6 +37,10 @@ class MedCLMConfig:
     text_intermediate: int = 704  # SwiGLU's 8/3 ratio, rounded to a multiple of 64
     max_positions: int = 1024  # 64 image tokens + up to ~4 question/answer turns with room to spare
     vocab_size: int = 1024  # BPE merges over a templated corpus saturate long before this; small = cheap softmax
+    box_tokens: str = "digits"  # digits: a coordinate is three digit tokens; pixels: the coordinates of every box
+    # in the training text are snapped to the input's pixel grid (1000 / image_size units) and each of those
+    # image_size + 1 values is one token, with sinusoidal embeddings so neighbours start alike. The box text
+    # contract is unchanged; the model writes one decision per coordinate instead of a sawtooth tens digit.
     vision_feature_layer: int = -2  # LLaVA's standard choice; vLLM drops the unused last layer itself
     # --- fine-tuning from an existing local HF LLaVA-family checkpoint ---
     init_from: str = ""  # path of a local HF LLaVA checkpoint; empty = random init from the sizes above
@@ -150,6 +155,10 @@ class MedCLMConfig:
             problems.append(f"mixed_precision {self.mixed_precision!r} is not one of auto, no, bf16, fp16")
         if self.dense_box_encoding not in BOX_ENCODINGS:
             problems.append(f"dense_box_encoding {self.dense_box_encoding!r} is not one of {', '.join(BOX_ENCODINGS)}")
+        if self.box_tokens not in BOX_TOKENS:
+            problems.append(f"box_tokens {self.box_tokens!r} is not one of {', '.join(BOX_TOKENS)}")
+        if self.box_tokens == "pixels" and self.init_from:
+            problems.append("box_tokens 'pixels' adds tokens to a tokenizer trained here; init_from brings its own")
         if self.questions_per_image < 1 or self.batch_size < 1:
             problems.append("questions_per_image and batch_size must be at least 1")
         if not 0 <= self.replay < 1:

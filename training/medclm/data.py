@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from training.data.boxes import snap_box, snap_boxes
 from training.data.drawing import load_model_image  # noqa: F401  (re-exported: trainer, evaluator, engines)
 from training.data.records import VQARecord
 from training.medclm.errors import MedCLMError
@@ -96,6 +97,27 @@ def load_dataset(data_dir: Path, need_masks: bool = True) -> Dataset:
     val = load_records(data_dir / "val.jsonl")
     check_images(data_dir, train + val, need_masks)
     return Dataset(data_dir, train, val, data_fingerprint(data_dir))
+
+
+def snap_record_boxes(record: VQARecord, cells: int) -> VQARecord:
+    """``record`` with every box on a grid of ``cells`` lines per side, as ``box_tokens: pixels`` trains.
+
+    Question (Easy gives the box), rationale, answer, target and findings move together, and the record is
+    validated again, so it stays as consistent as the data engine wrote it.
+    """
+    data = record.model_dump()
+    data["question"] = snap_boxes(data["question"], cells)
+    data["rationale"] = [snap_boxes(step, cells) for step in data["rationale"]]
+    data["answer"], data["target"] = snap_boxes(data["answer"], cells), snap_boxes(data["target"], cells)
+    for finding in data["findings"] + data["case_findings"]:
+        finding["box"] = snap_box(finding["box"], cells)
+    return VQARecord.model_validate(data)
+
+
+def snap_dataset_boxes(dataset: Dataset, cells: int) -> Dataset:
+    """``dataset`` with :func:`snap_record_boxes` applied to its train and val records."""
+    return Dataset(dataset.root, [snap_record_boxes(r, cells) for r in dataset.train],
+                   [snap_record_boxes(r, cells) for r in dataset.val], dataset.fingerprint)
 
 
 def record_image_path(record: VQARecord) -> str:

@@ -3,7 +3,8 @@
 Teacher forcing isolates one decision at a time, where free generation compounds errors:
 - the digits of the first box in a Medium rationale (step 4), per coordinate and digit place, each predicted
   from the image, the question and the true text up to it. Hundreds pick the patch row/column band (the
-  8x8 grid's patches are 125 units wide); tens and units need the position inside the patch.
+  8x8 grid's patches are 125 units wide); tens and units need the position inside the patch. Per coordinate
+  also the whole value (every digit, or the one whole-number token of ``box_tokens: pixels``).
 - the conclusion step (the reasoning line before "Answer:"), exact when every one of its tokens is the
   model's top choice, per question type. Grounding and finding questions share steps 1-4 word for word and
   differ only here ("the bounding box of the finding is given below" vs "the answer is <finding>"), so a
@@ -18,7 +19,9 @@ from pathlib import Path
 import torch
 
 from training.data.boxes import BOX_PATTERN
-from training.medclm.data import ANSWER_MARK, ImageCache, collate, load_records, record_image_path, tokenize_turns
+from training.medclm.checkpoint import META_FILE, read_meta
+from training.medclm.data import (ANSWER_MARK, ImageCache, collate, load_records, record_image_path, snap_record_boxes,
+                                  tokenize_turns)
 from training.medclm.errors import MedCLMError
 from training.medclm.eval_report import rate
 from training.medclm.evaluate import select_eval_records
@@ -29,15 +32,19 @@ PLACES = ("hundreds", "tens", "units")  # from the left of a three-digit value; 
 _STEP_START = re.compile(r"\n\d+\. ")
 
 
-def box_digit_positions(text: str, target_start: int) -> dict[tuple[str, str], int]:
-    """Character offset of each digit of the first box at or after ``target_start``, keyed by (coordinate,
-    place); values below 100 have no hundreds digit (and below 10 no tens), as the box format writes them."""
+def box_coordinate_spans(text: str, target_start: int) -> dict[str, tuple[int, int]]:
+    """(start, end) characters of each coordinate of the first box at or after ``target_start``."""
     match = BOX_PATTERN.search(text, target_start)
     if match is None:
         return {}
+    return {coordinate: match.span(index + 1) for index, coordinate in enumerate(COORDINATES)}
+
+
+def box_digit_positions(text: str, target_start: int) -> dict[tuple[str, str], int]:
+    """Character offset of each digit of the first box at or after ``target_start``, keyed by (coordinate,
+    place); values below 100 have no hundreds digit (and below 10 no tens), as the box format writes them."""
     positions = {}
-    for index, coordinate in enumerate(COORDINATES):
-        start, end = match.span(index + 1)
+    for coordinate, (start, end) in box_coordinate_spans(text, target_start).items():
         for offset, place in zip(range(end - 1, start - 1, -1), reversed(PLACES)):
             positions[(coordinate, place)] = offset
     return positions
@@ -67,10 +74,14 @@ def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: in
     tokenizer = processor.tokenizer
     image_tokens = patch_grid(model) ** 2
     records = [r for r in select_eval_records(load_records(data_dir / f"{split}.jsonl"), limit) if r.stage == "medium"]
+    config = read_meta(checkpoint)["config"] if (checkpoint / META_FILE).is_file() else {}
+    if config.get("box_tokens") == "pixels":  # teacher-force the boxes in the form the model was trained on
+        records = [snap_record_boxes(r, config["image_size"]) for r in records]
     if not records:
         raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium records")
     images = ImageCache(data_dir, processor.image_processor)
     digit_hits: dict[tuple[str, str], list[bool]] = {}
+    value_hits: dict[str, list[bool]] = {}  # every token of the coordinate right: digits or a whole number
     conclusion_hits: dict[str, list[bool]] = {}
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
@@ -88,8 +99,11 @@ def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: in
                 return i > 0 and int(guesses[row, i - 1]) == seq.input_ids[i]
 
             for key, char in box_digit_positions(seq.text, target_start).items():
-                if char in token_at:  # digits are single tokens; a merged one would have no token of its own
+                if char in token_at and char + 1 in token_at:  # a digit that is a token of its own
                     digit_hits.setdefault(key, []).append(right(token_at[char]))
+            for coordinate, (first, end) in box_coordinate_spans(seq.text, target_start).items():
+                tokens = [i for s, i in token_at.items() if first <= s < end]
+                value_hits.setdefault(coordinate, []).append(bool(tokens) and all(right(i) for i in tokens))
             span = conclusion_span(seq.text, target_start)
             if span is not None:
                 tokens = [i for s, i in token_at.items() if span[0] <= s < span[1]]
@@ -98,4 +112,5 @@ def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: in
                     conclusion_hits.setdefault(key, []).append(exact)
     return {"checkpoint": str(checkpoint), "records": len(records),
             "box_digits": {c: {p: rate(digit_hits.get((c, p), [])) for p in PLACES} for c in COORDINATES},
+            "box_values": {c: rate(value_hits.get(c, [])) for c in COORDINATES},
             "conclusion_exact": {t: rate(v) for t, v in sorted(conclusion_hits.items())}}

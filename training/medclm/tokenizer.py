@@ -2,7 +2,9 @@
 
 Choices, and why:
 - Every digit is its own token (``Digits(individual_digits=True)``), so a box coordinate is three digit
-  predictions the model can learn place by place, not one of 1000 rare whole-number tokens.
+  predictions the model can learn place by place, not one of 1000 rare whole-number tokens. With
+  ``box_tokens: pixels`` the boxes are snapped to the input's pixel grid and each of its values is one
+  whole-number token (``number_tokens``), matched only as a whole number, so "1312" stays four digits.
 - ``<box>`` and ``</box>`` are atomic added tokens but NOT special: decoders (and vLLM by default) skip
   special tokens, and the service must see the box markup in the generated text to parse it.
 - ``<image>`` and the role markers are special: they never occur in text and are dropped when decoding.
@@ -49,11 +51,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, number_tokens: Iterable[int] = (),
+                    ) -> PreTrainedTokenizerFast:
     """Train the byte-level BPE on ``texts`` and wrap it with the special tokens and chat template.
 
     The byte alphabet is always included, so any input text (a service question in other words) still
-    tokenizes; the learned merges only make the corpus' own wording short.
+    tokenizes; the learned merges only make the corpus' own wording short. ``number_tokens`` become
+    whole-number tokens (after the learned vocabulary) that match only a number standing on its own.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -69,6 +73,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in BOX_TOKENS])
+    tokenizer.add_tokens([AddedToken(str(n), special=False, normalized=False, single_word=True)
+                          for n in number_tokens])
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,

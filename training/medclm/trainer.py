@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from training.medclm.checkpoint import read_meta, read_trainer_state, save_checkpoint
 from training.medclm.config import MedCLMConfig
+from training.data.boxes import grid_values
 from training.medclm.data import (Dataset, ImageCache, SequencePlan, collate, load_dataset, plan_sequences,
-                                  record_image_path, tokenize_turns)
+                                  record_image_path, snap_dataset_boxes, tokenize_turns)
 from training.medclm.errors import MedCLMError
 from training.medclm.evaluate import evaluate, select_eval_records
 from training.medclm.model import (base_llava, build_image_processor, build_model, build_processor, count_parameters,
-                                   load_pretrained, patch_grid)
+                                   init_number_rows, load_pretrained, patch_grid)
 from training.medclm.objective import MedCLMObjective
 from training.medclm.projector import calibrate_projector
 from training.medclm.prompts import INSTRUCTIONS
@@ -246,6 +247,9 @@ def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
     """Everything checked and built before training: data, tokenizer, model, heads, resume state."""
     need_dense = config.warmup_steps > 0 or config.dense_weight > 0
     dataset = load_dataset(data_dir, need_masks=need_dense)
+    number_tokens = grid_values(config.image_size) if config.box_tokens == "pixels" else []
+    if number_tokens:
+        dataset = snap_dataset_boxes(dataset, config.image_size)
     state = None
     if resume is not None:
         meta = read_meta(resume)
@@ -263,9 +267,11 @@ def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
     elif config.init_from:
         model, tokenizer, image_processor = load_pretrained(config.init_from, config)
     else:
-        tokenizer = train_tokenizer(corpus_texts(dataset.train, INSTRUCTIONS), config.vocab_size)
+        tokenizer = train_tokenizer(corpus_texts(dataset.train, INSTRUCTIONS), config.vocab_size, number_tokens)
         image_processor = build_image_processor(config.image_size)
         model = build_model(config, tokenizer)
+        if number_tokens:
+            init_number_rows(model, tokenizer, number_tokens)
     llava = base_llava(model)
     heads = (VisionWarmupHeads(llava.config.vision_config.hidden_size, digits=config.dense_digit_weight > 0,
                                box_encoding=config.dense_box_encoding) if need_dense else None)

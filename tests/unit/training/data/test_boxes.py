@@ -1,6 +1,7 @@
 import pytest
 
-from training.data.boxes import centre_offset, denormalize_box, format_box, normalize_box, parse_boxes, validate_box_px
+from training.data.boxes import (centre_offset, denormalize_box, format_box, grid_values, normalize_box, parse_boxes,
+                                 snap_box, snap_boxes, validate_box_px)
 
 
 def test_normalise_format_parse_round_trip_on_a_non_square_image():
@@ -37,3 +38,16 @@ def test_bad_boxes_are_named(box, message):
 def test_centre_offset_points_from_the_second_box_to_the_first():
     assert centre_offset((100, 200, 140, 260), (0, 0, 20, 40)) == (110.0, 210.0)
     assert centre_offset((0, 0, 20, 40), (100, 200, 140, 260)) == (-110.0, -210.0)
+
+
+def test_snapped_boxes_lie_on_the_pixel_grid_and_keep_the_contract():
+    values = grid_values(128)
+    assert len(values) == 129 and values[:4] == [0, 8, 16, 23] and values[-2:] == [992, 999]
+    text = "one <box>[312, 450, 315, 999]</box> two <box>[0, 1, 2, 3]</box> and 1312 mm"
+    snapped = snap_boxes(text, 128)
+    assert snapped == "one <box>[312, 453, 320, 999]</box> two <box>[0, 0, 8, 8]</box> and 1312 mm"
+    for box in parse_boxes(snapped):  # well formed, x2 > x1 even for a box under one pixel
+        assert all(v in values for v in box)
+    assert snap_boxes(snapped, 128) == snapped  # already on the grid: unchanged
+    # Each coordinate moves by at most half a cell (1000 / 128 / 2 units) when the box is wider than one.
+    assert max(abs(a - b) for a, b in zip(snap_box((101, 237, 777, 868), 128), (101, 237, 777, 868))) <= 4

@@ -41,6 +41,10 @@ def test_invalid_values_fail():
         apply_overrides(MedCLMConfig(), ["--image_size=100"])
     with pytest.raises(MedCLMError, match="hard_preview"):
         apply_overrides(MedCLMConfig(), ["--hard_preview=1.0"])
+    with pytest.raises(MedCLMError, match="box_tokens"):
+        apply_overrides(MedCLMConfig(), ["--box_tokens=words"])
+    with pytest.raises(MedCLMError, match="init_from brings its own"):
+        apply_overrides(MedCLMConfig(), ["--box_tokens=pixels", "--init_from=some/llava"])
 
 
 def test_yaml_file_applies_and_fails_on_unknown_keys(tmp_path):

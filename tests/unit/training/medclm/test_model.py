@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, LlavaForConditionalGeneration
 
-from training.data.boxes import normalize_box
+from training.data.boxes import grid_values, normalize_box
 from training.medclm.config import MedCLMConfig
 from training.medclm.model import (IMAGE_MEAN, IMAGE_STD, build_image_processor, build_model, build_processor,
-                                   count_parameters, load_pretrained, merge_lora)
-from training.medclm.tokenizer import image_token_id
+                                   count_parameters, init_number_rows, load_pretrained, merge_lora)
+from training.medclm.prompts import INSTRUCTIONS
+from training.medclm.tokenizer import corpus_texts, image_token_id, train_tokenizer
 
 
 def test_build_model_is_a_plain_llava_with_tokenizer_ids(tiny_tokenizer, micro):
@@ -77,3 +78,20 @@ def test_lora_fine_tuning_of_a_local_checkpoint(tiny_tokenizer, micro, tmp_path)
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids, pixel_values=pixels).logits,
                               merged(input_ids=ids, pixel_values=pixels).logits, atol=1e-5)
+
+
+def test_number_rows_start_smooth_in_value(tiny_records, micro):
+    values = grid_values(128)
+    tokenizer = train_tokenizer(corpus_texts(tiny_records, INSTRUCTIONS), vocab_size=512, number_tokens=values)
+    model = build_model(micro(), tokenizer)
+    other = tokenizer.convert_tokens_to_ids("<box>")
+    before = model.get_input_embeddings().weight[other].clone()
+    init_number_rows(model, tokenizer, values)
+    for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        rows = weight[tokenizer.convert_tokens_to_ids([str(v) for v in values])]
+        cosine = torch.nn.functional.cosine_similarity
+        near = cosine(rows[60], rows[61], dim=0)  # neighbouring pixels
+        far = cosine(rows[60], rows[100], dim=0)  # 40 pixels apart
+        assert near > 0.4 and near > far + 0.3
+        assert abs(float(rows.std()) - 0.02) < 0.005  # the usual init scale, not a louder signal
+    assert torch.equal(model.get_input_embeddings().weight[other], before)  # other tokens untouched

@@ -1,6 +1,6 @@
 """Where the token probe looks: the digits of the rationale's first box and its conclusion step."""
 
-from training.medclm.token_probe import box_digit_positions, conclusion_span
+from training.medclm.token_probe import box_coordinate_spans, box_digit_positions, conclusion_span
 
 TEXT = ("<image>\nMark the cyst with a bounding box.\nReasoning:\n1. An axial CT slice.\n"
         "4. It is located at <box>[316, 59, 344, 613]</box>, in the right kidney.\n"
@@ -19,6 +19,12 @@ def test_box_digit_positions_name_each_digit_of_the_first_box_after_the_target_s
     answer_box = box_digit_positions(TEXT, TEXT.index("Answer:"))
     assert answer_box[("x1", "hundreds")] > TEXT.index("Answer:")
     assert box_digit_positions(TEXT, TEXT.rindex("</box>")) == {}  # no box after the last one
+
+
+def test_box_coordinate_spans_cover_each_whole_value_of_the_first_box():
+    spans = box_coordinate_spans(TEXT, TEXT.index("Reasoning:"))
+    assert {c: TEXT[a:b] for c, (a, b) in spans.items()} == {"x1": "316", "y1": "59", "x2": "344", "y2": "613"}
+    assert spans["x1"][0] < TEXT.index("Answer:")
 
 
 def test_conclusion_span_is_the_last_step_before_the_answer():

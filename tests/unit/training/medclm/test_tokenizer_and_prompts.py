@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
+from training.data.boxes import grid_values
+
 from training.medclm.model import build_image_processor, build_processor
-from training.medclm.prompts import (BRIEF_INSTRUCTION, REASONING_INSTRUCTION, build_messages, instruction_for_stage,
-                                     record_messages, render_prompt)
-from training.medclm.tokenizer import IMAGE_TOKEN, image_token_id
+from training.medclm.prompts import (BRIEF_INSTRUCTION, INSTRUCTIONS, REASONING_INSTRUCTION, build_messages,
+                                     instruction_for_stage, record_messages, render_prompt)
+from training.medclm.tokenizer import IMAGE_TOKEN, corpus_texts, image_token_id, train_tokenizer
 
 
 def test_box_digits_are_single_tokens_and_markup_is_atomic(tiny_tokenizer):
@@ -20,6 +22,19 @@ def test_box_digits_are_single_tokens_and_markup_is_atomic(tiny_tokenizer):
     ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     # The service parses boxes from decoded text; vLLM decodes with skip_special_tokens=True.
     assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_pixel_grid_box_values_are_whole_tokens_and_other_numbers_stay_digits(tiny_records):
+    values = grid_values(128)
+    tokenizer = train_tokenizer(corpus_texts(tiny_records, INSTRUCTIONS), vocab_size=512, number_tokens=values)
+    text = "It is located at <box>[617, 8, 648, 578]</box>; it measures 23 mm, not 1312 or x23."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = [tokenizer.decode([i]) for i in ids]
+    assert tokens[tokens.index("<box>"):tokens.index("</box>") + 1] == [
+        "<box>", "[", "617", ",", " ", "8", ",", " ", "648", ",", " ", "578", "]", "</box>"]
+    assert "1312" not in tokens and tokens.count("23") == 1  # whole numbers only: not in "1312" or "x23"
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert len({tokenizer.convert_tokens_to_ids(str(v)) for v in values}) == len(values)
 
 
 def test_special_tokens_and_no_implicit_bos(tiny_tokenizer):
