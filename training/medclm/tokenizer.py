@@ -73,8 +73,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, number_tokens:
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in BOX_TOKENS])
-    tokenizer.add_tokens([AddedToken(str(n), special=False, normalized=False, single_word=True)
-                          for n in number_tokens])
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
@@ -85,7 +83,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, number_tokens:
         clean_up_tokenization_spaces=False,
     )
     wrapped.chat_template = CHAT_TEMPLATE
+    add_number_tokens(wrapped, number_tokens)
     return wrapped
+
+
+def add_number_tokens(tokenizer, numbers: Iterable[int]) -> list[int]:
+    """Add each number as a whole-number token that matches only a number standing on its own ("23" in
+    "23 mm", not in "1234" or "x23"); returns the numbers that were not tokens yet."""
+    vocab = tokenizer.get_vocab()
+    new = [n for n in numbers if str(n) not in vocab]
+    tokenizer.add_tokens([AddedToken(str(n), special=False, normalized=False, single_word=True) for n in numbers])
+    return new
 
 
 def corpus_texts(records: Iterable, instructions: Iterable[str]) -> Iterable[str]:

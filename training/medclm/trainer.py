@@ -29,13 +29,13 @@ from training.medclm.data import (Dataset, ImageCache, SequencePlan, collate, lo
 from training.medclm.errors import MedCLMError
 from training.medclm.evaluate import evaluate, select_eval_records
 from training.medclm.model import (base_llava, build_image_processor, build_model, build_processor, count_parameters,
-                                   init_number_rows, load_pretrained, patch_grid)
+                                   init_number_rows, load_pretrained, padded_vocab_size, patch_grid)
 from training.medclm.objective import MedCLMObjective
 from training.medclm.projector import calibrate_projector
 from training.medclm.prompts import INSTRUCTIONS
 from training.medclm.report import write_run_report
 from training.medclm.schedule import STAGE_ORDER, AdaptiveScheduler, record_domain, sequential_phases
-from training.medclm.tokenizer import corpus_texts, train_tokenizer
+from training.medclm.tokenizer import add_number_tokens, corpus_texts, train_tokenizer
 from training.medclm.warmup import DenseTargetCache, VisionWarmupHeads
 from training.medclm.znorm import znorm_gradients
 
@@ -264,6 +264,14 @@ def prepare_run(config: MedCLMConfig, data_dir: Path, resume: Path | None):
     elif resume is not None:
         plain = MedCLMConfig.from_dict({**config.to_dict(), "lora_rank": 0})
         model, tokenizer, image_processor = load_pretrained(resume, plain)
+        if number_tokens and add_number_tokens(tokenizer, number_tokens):
+            # A warm-up checkpoint's language model has not trained yet (the warm-up reads the tower only), so
+            # its tokenizer may still gain the box tokens; later in the curriculum that would change the task.
+            if meta["stage"] != "warmup":
+                raise MedCLMError(f"{resume} was trained with box_tokens 'digits' (stage {meta['stage']}); "
+                                  "box_tokens 'pixels' can resume only from a warm-up checkpoint")
+            model.resize_token_embeddings(padded_vocab_size(tokenizer), mean_resizing=False)
+            init_number_rows(model, tokenizer, number_tokens)
     elif config.init_from:
         model, tokenizer, image_processor = load_pretrained(config.init_from, config)
     else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.data.boxes import format_box, grid_values, parse_boxes
 from training.medclm.data import snap_record_boxes
+from training.medclm.errors import MedCLMError
 from training.medclm.trainer import prepare_run
 
 
@@ -37,3 +39,18 @@ def test_prepare_run_trains_a_tokenizer_that_writes_each_coordinate_as_one_token
     lo, hi = tokenizer.convert_tokens_to_ids([str(v) for v in grid_values(64)[32:34]])  # 500 and 516
     head = model.get_output_embeddings().weight
     assert torch.nn.functional.cosine_similarity(head[lo], head[hi], dim=0) > 0.3  # smooth, not random rows (~0)
+
+
+def test_a_digits_warm_up_resumes_with_pixel_box_tokens_but_a_later_stage_does_not(tiny_data, micro, tmp_path):
+    from training.medclm.trainer import train
+
+    train(micro(), tiny_data, tmp_path / "run", progress=False, stop_after=2)  # warm-up, then Easy
+    _dataset, tokenizer, _processor, model, _heads, _state = prepare_run(
+        micro(box_tokens="pixels"), tiny_data, tmp_path / "run" / "01-warmup")
+    ids = tokenizer(format_box((500, 516, 750, 999)), add_special_tokens=False)["input_ids"]
+    numbers = tokenizer.convert_tokens_to_ids(["500", "516", "750", "999"])
+    assert len(set(numbers)) == 4 and [i for i in ids if i in numbers] == numbers  # one token per coordinate
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows >= len(tokenizer) and rows % 64 == 0 and model.config.text_config.vocab_size == rows
+    with pytest.raises(MedCLMError, match="only from a warm-up checkpoint"):
+        prepare_run(micro(box_tokens="pixels"), tiny_data, tmp_path / "run" / "02-easy")
