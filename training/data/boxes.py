@@ -73,10 +73,14 @@ def snap_box(box: Sequence[int], cells: int) -> BoxNorm:
     values = grid_values(cells)
     x1, y1, x2, y2 = (grid_value(int(v), cells) for v in box)
 
-    def after(low: int, high: int) -> int:  # a 1-px lesion must not collapse to a zero-area box
-        return high if high > low else next((v for v in values if v > low), low)
+    def ordered(low: int, high: int) -> tuple[int, int]:  # a 1-px lesion must not collapse to a zero-area box
+        if high > low:
+            return low, high
+        above = [v for v in values if v > low]
+        return (low, above[0]) if above else (max(v for v in values if v < low), low)
 
-    return (x1, y1, after(x1, x2), after(y1, y2))
+    (x1, x2), (y1, y2) = ordered(x1, x2), ordered(y1, y2)
+    return (x1, y1, x2, y2)
 
 
 def snap_boxes(text: str, cells: int) -> str:

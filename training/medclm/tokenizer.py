@@ -90,7 +90,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, number_tokens:
 def add_number_tokens(tokenizer, numbers: Iterable[int]) -> list[int]:
     """Add each number as a whole-number token that matches only a number standing on its own ("23" in
     "23 mm", not in "1234" or "x23"); returns the numbers that were not tokens yet."""
-    vocab = tokenizer.get_vocab()
+    numbers, vocab = list(numbers), tokenizer.get_vocab()
     new = [n for n in numbers if str(n) not in vocab]
     tokenizer.add_tokens([AddedToken(str(n), special=False, normalized=False, single_word=True) for n in numbers])
     return new

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.data.boxes import grid_values
 from training.medclm.checkpoint import read_meta, read_trainer_state, save_checkpoint
 from training.medclm.config import MedCLMConfig
-from training.data.boxes import grid_values
 from training.medclm.data import (Dataset, ImageCache, SequencePlan, collate, load_dataset, plan_sequences,
                                   record_image_path, snap_dataset_boxes, tokenize_turns)
 from training.medclm.errors import MedCLMError
