@@ -5,7 +5,6 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from training.data.boxes import grid_values
-
 from training.medclm.model import build_image_processor, build_processor
 from training.medclm.prompts import (BRIEF_INSTRUCTION, INSTRUCTIONS, REASONING_INSTRUCTION, build_messages,
                                      instruction_for_stage, record_messages, render_prompt)
