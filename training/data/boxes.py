@@ -70,14 +70,16 @@ def grid_values(cells: int) -> list[int]:
 
 def snap_box(box: Sequence[int], cells: int) -> BoxNorm:
     """``box`` with each coordinate moved to the nearest grid line; a box narrower than one cell keeps one."""
-    values = grid_values(cells)
     x1, y1, x2, y2 = (grid_value(int(v), cells) for v in box)
+
+    def neighbour(value: int, step: int) -> int:  # the grid value ``step`` lines from the grid value ``value``
+        return grid_value(round((round(value * cells / BOX_SCALE) + step) * BOX_SCALE / cells), cells)
 
     def ordered(low: int, high: int) -> tuple[int, int]:  # a 1-px lesion must not collapse to a zero-area box
         if high > low:
             return low, high
-        above = [v for v in values if v > low]
-        return (low, above[0]) if above else (max(v for v in values if v < low), low)
+        above = neighbour(low, 1)
+        return (low, above) if above > low else (neighbour(low, -1), low)  # at the far edge, widen inwards
 
     (x1, x2), (y1, y2) = ordered(x1, x2), ordered(y1, y2)
     return (x1, y1, x2, y2)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from training.data.boxes import snap_box, snap_boxes
 from training.data.drawing import load_model_image  # noqa: F401  (re-exported: trainer, evaluator, engines)
+from training.data.rationale import format_target
 from training.data.records import VQARecord
 from training.medclm.errors import MedCLMError
 from training.medclm.prompts import build_messages, render_prompt
@@ -108,7 +109,8 @@ def snap_record_boxes(record: VQARecord, cells: int) -> VQARecord:
     data = record.model_dump()
     data["question"] = snap_boxes(data["question"], cells)
     data["rationale"] = [snap_boxes(step, cells) for step in data["rationale"]]
-    data["answer"], data["target"] = snap_boxes(data["answer"], cells), snap_boxes(data["target"], cells)
+    data["answer"] = snap_boxes(data["answer"], cells)
+    data["target"] = format_target(data["stage"], data["rationale"], data["answer"])
     for finding in data["findings"] + data["case_findings"]:
         finding["box"] = snap_box(finding["box"], cells)
     return VQARecord.model_validate(data)

@@ -13,6 +13,7 @@ import torch
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor)
 
+from training.data.boxes import BOX_SCALE
 from training.medclm.config import MedCLMConfig
 from training.medclm.errors import MedCLMError
 from training.medclm.tokenizer import image_token_id
@@ -80,13 +81,13 @@ def build_model(config: MedCLMConfig, tokenizer) -> LlavaForConditionalGeneratio
     return model
 
 
-def init_number_rows(model, tokenizer, values: list[int], scale: int = 1000, std: float = 0.02) -> None:
+def init_number_rows(model, tokenizer, values: list[int], std: float = 0.02) -> None:
     """Give the whole-number tokens of ``values`` sinusoidal input and output embeddings of their value.
 
-    Row v holds sin and cos of v / ``scale`` at geometrically spaced frequencies (one cycle per image side up to
-    one per two grid cells), scaled to the usual init ``std``. Neighbouring values then start with nearly equal
-    embeddings and a hidden state that matches one value also scores its neighbours: a near miss is a small
-    error from the first step, where independent random rows would make 129 unrelated classes.
+    Row v holds sin and cos of v / 1000 (the box scale) at geometrically spaced frequencies (one cycle per
+    image side up to one per two grid cells), scaled to the usual init ``std``. Neighbouring values then start
+    with nearly equal embeddings and a hidden state that matches one value also scores its neighbours: a near
+    miss is a small error from the first step, where independent random rows would make 129 unrelated classes.
     """
     llava = base_llava(model)
     embeddings = [llava.get_input_embeddings().weight, llava.get_output_embeddings().weight]
@@ -94,7 +95,7 @@ def init_number_rows(model, tokenizer, values: list[int], scale: int = 1000, std
     pairs = width // 2
     cycles = torch.logspace(0, torch.log10(torch.tensor(len(values) / 2.0)), pairs)  # per image side
     ids = tokenizer.convert_tokens_to_ids([str(v) for v in values])
-    position = torch.tensor(values, dtype=torch.float32)[:, None] / scale
+    position = torch.tensor(values, dtype=torch.float32)[:, None] / BOX_SCALE
     angle = 2 * torch.pi * position * cycles[None, :]
     rows = torch.zeros(len(values), width)
     rows[:, 0:2 * pairs:2], rows[:, 1:2 * pairs:2] = torch.sin(angle), torch.cos(angle)
