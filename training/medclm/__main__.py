@@ -14,6 +14,7 @@ Examples:
     python -m training.medclm token-probe --checkpoint runs/tiny/04-hard --data data/default
     python -m training.medclm ablation --data data/medclm --out runs/ablation --steps 600
     python -m training.medclm blob-probe
+    python -m training.medclm compare --run "#16=runs/long16/eval.json" --run "#20=runs/long20/eval.json" --out docs/x
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder the server starts in: model.json's path is written relative to it "
                              "(Triton's vLLM backend passes it to vLLM unchanged); default the current folder")
 
+    compare = sub.add_parser("compare", help="runs' evaluation reports side by side against the targets: "
+                                             "OUT.png (bars) and OUT.md (table)")
+    compare.add_argument("--run", action="append", required=True, metavar="LABEL=PATH",
+                         help="an `evaluate --out` report (.json); repeat for each run")
+    compare.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    compare.add_argument("--title", help="chart title (default: the split and question counts)")
+
     bench = sub.add_parser("bench", help="compare fp32 / bf16 / int8 models of a repository: accuracy and tokens/s")
     bench.add_argument("--model-repository", type=Path, required=True)
     bench.add_argument("--data", type=Path, required=True)
@@ -167,6 +175,10 @@ def run_command(args: argparse.Namespace) -> dict:
         folders = [export_model(args.checkpoint, args.model_repository, args.name, p, args.evaluation, args.root)
                    for p in precisions]
         return {"models": [str(f) for f in folders]}
+    if args.command == "compare":
+        from training.medclm.compare import compare_reports
+
+        return compare_reports(args.run, args.out, args.title)
     if args.command == "bench":
         from training.medclm.bench import run_bench
 
