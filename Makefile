@@ -12,7 +12,7 @@ MEDCLM_DATA ?= data/medclm
 MEDCLM_RUN ?= runs/medclm-default
 # Images per modality: 4,000 phantoms in all; more images beat more passes over fewer (docs/medclm.md).
 MEDCLM_COUNT ?= 2000
-# The long CPU preset (docs/medclm.md, run #17): 20,000 phantoms, ~1 h 50 min of training, 12.6 GiB; not exported,
+# The long CPU preset (docs/medclm.md, run #21): 20,000 phantoms, ~1 h 40 min of training, 13.7 GiB; not exported,
 # so the served default stays the tiny preset's. Its test split holds the default data's test images.
 MEDCLM_LONG_DATA ?= data/medclm-10k
 MEDCLM_LONG_COUNT ?= 10000

@@ -117,9 +117,15 @@ def snap_record_boxes(record: VQARecord, cells: int) -> VQARecord:
 
 
 def snap_dataset_boxes(dataset: Dataset, cells: int) -> Dataset:
-    """``dataset`` with :func:`snap_record_boxes` applied to its train and val records."""
-    return Dataset(dataset.root, [snap_record_boxes(r, cells) for r in dataset.train],
-                   [snap_record_boxes(r, cells) for r in dataset.val], dataset.fingerprint)
+    """Apply :func:`snap_record_boxes` to ``dataset``'s train and val records in place; returns ``dataset``.
+
+    Record by record, so that each old record is freed as its snapped copy is made: two whole copies of the
+    `long` preset's 280,000 records raised the start-up peak RSS by 1.1 GiB.
+    """
+    for records in (dataset.train, dataset.val):
+        for i, record in enumerate(records):
+            records[i] = snap_record_boxes(record, cells)
+    return dataset
 
 
 def record_image_path(record: VQARecord) -> str:

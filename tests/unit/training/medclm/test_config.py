@@ -45,6 +45,8 @@ def test_invalid_values_fail():
         apply_overrides(MedCLMConfig(), ["--box_tokens=words"])
     with pytest.raises(MedCLMError, match="init_from brings its own"):
         apply_overrides(MedCLMConfig(), ["--box_tokens=pixels", "--init_from=some/llava"])
+    with pytest.raises(MedCLMError, match="set box_tokens: digits"):  # the long preset writes pixel tokens
+        load_config("long", None, ["--init_from=some/llava"])
 
 
 def test_yaml_file_applies_and_fails_on_unknown_keys(tmp_path):
@@ -53,6 +55,7 @@ def test_yaml_file_applies_and_fails_on_unknown_keys(tmp_path):
     config = load_config("tiny", good, ["--seed=3"])
     assert config.preset == "long" and config.warmup_steps == PRESETS["long"]["warmup_steps"] != 1500
     assert config.dense_box_encoding == "centre_size" and config.curriculum_steps == 15680  # run #17
+    assert config.box_tokens == "pixels" and MedCLMConfig().box_tokens == "digits"  # run #21; tiny keeps digits
     assert config.lr == 2e-4 and config.questions_per_image == 2 and config.seed == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 0.001\nbatchsize: 4\n")
