@@ -34,7 +34,7 @@ def parse_run(spec: str) -> tuple[str, Path]:
 
 
 def load_figures(path: Path) -> dict[str, float | None]:
-    """The overall reasoning-prompt figures of one evaluation report, plus its Hard-style accuracy."""
+    """The overall reasoning-prompt figures of one evaluation report, its Hard-style accuracy, size and split."""
     if not path.is_file():
         raise MedCLMError(f"no evaluation report at {path} (write one with `evaluate ... --out`)")
     try:
@@ -44,7 +44,7 @@ def load_figures(path: Path) -> dict[str, float | None]:
         raise MedCLMError(f"{path} is not an evaluation report ({type(error).__name__}: {error})") from error
     figures = {key: overall.get(key) for key, _ in FIGURES if key != HARD_STYLE}
     figures[HARD_STYLE] = brief.get("accuracy")
-    return {"n": overall.get("n"), **figures}
+    return {"n": overall.get("n"), "split": report.get("split"), **figures}
 
 
 def render_table(figures: dict[str, dict]) -> str:
@@ -93,12 +93,12 @@ def compare_reports(specs: list[str], out: Path, title: str | None = None) -> di
     if len(set(labels)) != len(labels):
         raise MedCLMError(f"two runs share a label: {labels}; name them with LABEL=PATH")
     figures = {label: load_figures(path) for label, path in runs}
-    splits = {json.loads(path.read_text()).get("split") for _, path in runs}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png, md = out.with_suffix(".png"), out.with_suffix(".md")
-    counts = ", ".join(str(n) for n in sorted({values["n"] for values in figures.values()}, key=str))
-    default_title = f"{', '.join(sorted(map(str, splits)))} split, {counts} reasoning questions per run"
+    splits = ", ".join(sorted({str(values["split"]) for values in figures.values()}))
+    counts = ", ".join(str(n) for n in sorted({values["n"] for values in figures.values() if values["n"] is not None}))
+    default_title = f"{splits} split, {counts} reasoning questions per run"
     plot(figures, png, title or default_title)
     md.write_text(render_table(figures))
     return {"figures": figures, "written": [str(png), str(md)]}

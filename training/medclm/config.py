@@ -212,9 +212,10 @@ class MedCLMConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
     "long": {  # CPU, `make medclm-long`: tiny's model on 20,000 phantoms (`--count 10000`), about 1 h 40 min here
-        # with 13.7 GiB peak RSS (runs #11-#21, docs/medclm.md). Five times the images let a longer warm-up find
-        # more lesions without memorising, and the image-level heads (dense_image_weight) learn there; 12,000
-        # steps beat 4,000 (large-lesion recall 0.72 -> 0.86; closed 0.66 -> 0.71, open 0.57 -> 0.62, run #14).
+        # with 13.7 GiB peak RSS before records were snapped in place (runs #11-#21, docs/medclm.md). Five times
+        # the images let a longer warm-up find more lesions without memorising, and the image-level heads
+        # (dense_image_weight) learn there; 12,000 steps beat 4,000 (large-lesion recall 0.72 -> 0.86; closed
+        # 0.66 -> 0.71, open 0.57 -> 0.62, run #14).
         # The centre/size box target places the tower's boxes better (run #16), and the language model reads
         # them only with 15,680 language steps, twice run #14's: closed 0.71 -> 0.78, format 0.95 -> 0.97
         # (run #17, confirmed from scratch). One token per box coordinate: format 0.97 -> 0.995 (the target),
