@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from training.medclm.errors import MedCLMError
+from training.medclm.eval_report import hard_style_accuracy
 
 # The targets of the MedCLM model issue, on Medium-style (reasoning) prompts of the held-out test split.
 TARGETS = {"closed_accuracy": 0.95, "open_accuracy": 0.90, "grounding_acc@0.5": 0.40,
@@ -43,7 +44,7 @@ def load_figures(path: Path) -> dict[str, float | None]:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise MedCLMError(f"{path} is not an evaluation report ({type(error).__name__}: {error})") from error
     figures = {key: overall.get(key) for key, _ in FIGURES if key != HARD_STYLE}
-    figures[HARD_STYLE] = brief.get("accuracy")
+    figures[HARD_STYLE] = hard_style_accuracy(brief)
     return {"n": overall.get("n"), "split": report.get("split"), **figures}
 
 

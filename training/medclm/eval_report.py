@@ -131,6 +131,11 @@ def _cell(value, digits: int = 3) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
+def hard_style_accuracy(brief: dict) -> float | None:
+    """A group's Hard-style (answer-only) figure: its accuracy, or Acc@0.5 for a grounding-only group."""
+    return brief.get("accuracy") if brief.get("accuracy") is not None else brief.get("grounding_acc@0.5")
+
+
 def render_markdown(report: dict) -> str:
     """Markdown tables: reasoning-prompt figures per group, then Hard-style (answer-only) accuracy."""
     head = ("| group | n | closed acc | open acc | Acc@0.5 | Acc@0.3 | Acc@0.5 small / medium / large "
@@ -143,7 +148,7 @@ def render_markdown(report: dict) -> str:
     lines = []
     for name, r, b in rows:
         sizes = " / ".join(_cell(r[f"grounding_acc@0.5_{s}"], 2) for s in SIZES)
-        hard = b.get("accuracy") if b.get("accuracy") is not None else b.get("grounding_acc@0.5")
+        hard = hard_style_accuracy(b)
         lines.append(f"| {name} | {r['n']} | {_cell(r['closed_accuracy'])} | {_cell(r['open_accuracy'])} | "
                      f"{_cell(r['grounding_acc@0.5'])} | {_cell(r['grounding_acc@0.3'])} | {sizes} | "
                      f"{_cell(r['median_centre_error_mm'], 1)} | {_cell(r['rationale_consistency'])} | "
