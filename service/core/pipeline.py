@@ -13,6 +13,7 @@ import uuid
 from typing import AsyncIterator
 
 from training.data.anatomy import MODALITIES
+from training.data.boxes import snap_boxes
 from training.medclm.export import model_name as vqa_model_name
 from training.medclm.prompts import build_messages
 
@@ -341,6 +342,8 @@ class Pipeline:
         if wants_dicom(formats):  # refuse before generating, not after
             check_source(decoded.dicom)
         image = model_view_image(decoded)
+        if model.box_grid:  # a box typed off the grid would tokenize as digits this model never read as a box
+            question = snap_boxes(question, model.box_grid)
         messages = build_messages(question, reasoning=request.reasoning)
 
         timings = Timings(queue_ms=_ms(waited), preprocess_ms=_ms(preprocess))

@@ -28,6 +28,9 @@ class RepositoryModel:
     precision: str
     modalities: tuple[str, ...]
     fingerprint: str  # first 16 hex digits of the weights' sha256
+    # Trained with ``box_tokens: pixels``: boxes on a grid of this many lines per side (the input width), so a
+    # box in a question is snapped to it as in training. None: any 0-999 value (``box_tokens: digits``).
+    box_grid: int | None = None
 
 
 def _sha256_prefix(path: Path) -> str:
@@ -47,7 +50,9 @@ def vqa_model(repository: Path, base: str, precision: str) -> RepositoryModel:
     meta = json.loads(meta_path.read_text())
     sha = (meta.get("export") or {}).get("weights_sha256") or ""
     modalities = tuple(meta.get("modalities") or MODALITIES)
-    return RepositoryModel(name, "vqa", precision, modalities, sha[:16])
+    config = meta.get("config") or {}
+    box_grid = int(config["image_size"]) if config.get("box_tokens") == "pixels" else None
+    return RepositoryModel(name, "vqa", precision, modalities, sha[:16], box_grid)
 
 
 def segmenter_model(repository: Path, modality: str, precision: str) -> RepositoryModel:

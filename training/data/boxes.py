@@ -86,12 +86,22 @@ def snap_box(box: Sequence[int], cells: int) -> BoxNorm:
 
 
 def snap_boxes(text: str, cells: int) -> str:
-    """``text`` with every well-formed box written on a grid of ``cells`` lines per side (:func:`snap_box`).
+    """``text`` with every well-formed box written on a grid of ``cells`` lines per side (:func:`snap_box`);
+    malformed or out-of-range ones (:func:`is_valid_box`) stay as written.
 
     With ``cells`` = the model's input width, this drops only what the model cannot see (1000 units are
     7.8 per pixel at 128 px), and leaves ``cells + 1`` possible values per coordinate.
     """
-    return BOX_PATTERN.sub(lambda match: format_box(snap_box([int(v) for v in match.groups()], cells)), text)
+    def snapped(match: re.Match) -> str:
+        box = tuple(int(v) for v in match.groups())
+        return format_box(snap_box(box, cells)) if is_valid_box(box) else match.group(0)
+
+    return BOX_PATTERN.sub(snapped, text)
+
+
+def is_valid_box(box: Sequence[int]) -> bool:
+    """Every coordinate in [0, 1000) and x2 > x1, y2 > y1."""
+    return all(0 <= v < BOX_SCALE for v in box) and box[2] > box[0] and box[3] > box[1]
 
 
 def parse_boxes(text: str) -> list[BoxNorm]:
@@ -99,7 +109,7 @@ def parse_boxes(text: str) -> list[BoxNorm]:
     boxes = []
     for match in BOX_PATTERN.finditer(text):
         values = tuple(int(v) for v in match.groups())
-        if all(0 <= v < BOX_SCALE for v in values) and values[2] > values[0] and values[3] > values[1]:
+        if is_valid_box(values):
             boxes.append(values)
     return boxes
 

@@ -46,7 +46,7 @@ class FakeVqaEngine:
 
     async def generate(self, messages, image, params, request_id):
         self.calls += 1
-        self.last_image = image
+        self.last_image, self.last_messages = image, messages
         pieces = [self.text[i:i + 40] for i in range(0, len(self.text), 40)]
         finished = False
         try:
@@ -97,10 +97,10 @@ def png_bytes(width: int, height: int, bits: int = 16) -> bytes:
     return buffer.getvalue()
 
 
-def make_pipeline(**settings_changes) -> tuple[Pipeline, FakeVqaEngine, FakeSegmentationEngine]:
+def make_pipeline(box_grid=None, **settings_changes) -> tuple[Pipeline, FakeVqaEngine, FakeSegmentationEngine]:
     settings = Settings(**settings_changes)
     vqa, seg = FakeVqaEngine(), FakeSegmentationEngine()
-    models = {"medclm": RepositoryModel("medclm", "vqa", "fp32", ("ct", "cxr"), "f" * 16)}
+    models = {"medclm": RepositoryModel("medclm", "vqa", "fp32", ("ct", "cxr"), "f" * 16, box_grid)}
     segmenters = {f"organ_seg_{m}": RepositoryModel(f"organ_seg_{m}", "segmentation", "fp32", (m,), "e" * 16)
                   for m in ("ct", "cxr")}
     return Pipeline(settings, {"medclm": vqa}, models, seg, segmenters), vqa, seg
@@ -128,6 +128,16 @@ def test_boxes_come_back_in_original_pixels_of_a_non_square_image_with_grounding
     assert check.segmented_organ == "liver" and check.consistent and check.overlap == pytest.approx(1.0)
     assert result.usage.completion_tokens > 0 and result.timings.total_ms >= result.timings.engine_ms
     assert (result.width, result.height, result.modality) == (400, 200, "ct")
+
+
+@pytest.mark.parametrize("box_grid, sent", [
+    (None, "Is the lesion at <box>[123, 456, 789, 901]</box> in the liver? <box>[5, 5, 1, 1]</box>"),
+    (128, "Is the lesion at <box>[125, 453, 789, 898]</box> in the liver? <box>[5, 5, 1, 1]</box>")])
+def test_a_box_in_the_question_is_snapped_to_the_grid_of_a_pixel_token_model(box_grid, sent):
+    pipeline, vqa, _ = make_pipeline(box_grid=box_grid)
+    typed = "Is the lesion at <box>[123, 456, 789, 901]</box> in the liver? <box>[5, 5, 1, 1]</box>"
+    run(pipeline.ask(ask(question=typed, verify_grounding=False)))
+    assert vqa.last_messages[0]["content"][-1]["text"].startswith(sent)  # a reversed box stays as typed
 
 
 def test_stream_yields_deltas_then_one_result_and_closing_early_aborts():

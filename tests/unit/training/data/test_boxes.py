@@ -49,6 +49,8 @@ def test_snapped_boxes_lie_on_the_pixel_grid_and_keep_the_contract():
     for box in parse_boxes(snapped):  # well formed, x2 > x1 even for a box under one pixel
         assert all(v in values for v in box)
     assert snap_boxes(snapped, 128) == snapped  # already on the grid: unchanged
+    malformed = "<box>[500, 500, 400, 600]</box> <box>[10, 20, 30, 1000]</box>"
+    assert snap_boxes(malformed, 128) == malformed  # reversed or out of range: left as written, not "repaired"
     assert snap_box((997, 997, 999, 999), 128) == (992, 992, 999, 999)  # at the far edge, too
     # Each coordinate moves by at most half a cell (1000 / 128 / 2 units) when the box is wider than one.
     assert max(abs(a - b) for a, b in zip(snap_box((101, 237, 777, 868), 128), (101, 237, 777, 868))) <= 4
