@@ -12,7 +12,8 @@
    too.
 
 Writes the harness's reports under ``OUT/capacity`` and ``OUT/soak``, the verdict with its figures and the
-RSS timeline to ``OUT/soak.json`` and the timeline as ``OUT/soak_rss.png``; exits 1 when the verdict fails. Only loopback: the service is started here.
+RSS timeline to ``OUT/soak.json`` and the timeline as ``OUT/soak_rss.png``; exits 1 when the verdict fails.
+Only loopback: the service is started here.
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ def print_answer(result: dict) -> None:
         check = ""
         if index < len(result["grounding"]):
             segmented, overlap, consistent = result["grounding"][index]
-            check = f" — segmenter: {segmented} ({overlap:.0%} of the box), {'consistent' if consistent else 'MISMATCH'}"
+            verdict = "consistent" if consistent else "MISMATCH"
+            check = f" — segmenter: {segmented} ({overlap:.0%} of the box), {verdict}"
         print(f"  box {index + 1}: {label or 'finding'} in {organ or '?'} at x1={box[0]:.1f} y1={box[1]:.1f} "
               f"x2={box[2]:.1f} y2={box[3]:.1f} px{check}")
 

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     model_repository: Path = Field(REPO_ROOT / "model_repository",
                                    description="Triton-layout folder holding medclm* and organ_seg_* models")
     vqa_model: str = Field("medclm", description="base name of the VQA model in the repository")
-    vqa_variants: Annotated[list[str], NoDecode] = Field(["fp32"], description="VQA precision variants to serve (fp32, bf16, int8)")
+    vqa_variants: Annotated[list[str], NoDecode] = Field(
+        ["fp32"], description="VQA precision variants to serve (fp32, bf16, int8)")
     segmenter_variants: Annotated[list[str], NoDecode] = Field(["fp32", "fp16", "int8"],
                                           description="segmenter precision variants to serve")
     # --- engines ---
@@ -60,8 +61,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
     # --- PACS (DICOMweb input by UIDs, STOW-RS of DICOM outputs) ---
     dicomweb_allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        ["127.0.0.1", "localhost", "::1"], description="hosts a request's DICOMweb base URL may name, comma-"
-                                                       "separated (the service fetches from them: keep it to your PACS)")
+        ["127.0.0.1", "localhost", "::1"],
+        description="hosts a request's DICOMweb base URL may name, comma-separated (the service fetches from them: "
+                    "keep it to your PACS)")
     dicomweb_timeout_s: float = Field(30.0, gt=0, description="timeout of one DICOMweb retrieve or store")
     # --- lifecycle ---
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish")

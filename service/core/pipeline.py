@@ -423,9 +423,8 @@ class Pipeline:
         if not required:
             return None
         if not any(modality in m.modalities for m in self.segmenter_models.values()):
-            raise invalid(f"no organ segmenter for modality {modality.upper()} (served: "
-                          f"{', '.join(sorted({m.upper() for s in self.segmenter_models.values() for m in s.modalities}))})",
-                          "image")
+            served = sorted({m.upper() for s in self.segmenter_models.values() for m in s.modalities})
+            raise invalid(f"no organ segmenter for modality {modality.upper()} (served: {', '.join(served)})", "image")
         raise ServiceError(ErrorCode.NOT_FOUND, f"no {precision} organ segmenter for {modality.upper()} is served",
                            "precision")
 

@@ -124,12 +124,15 @@ Regenerate everything (train, evaluate, export, verify, quantise, benchmark, thi
     python -m training.segmenter build-defaults --model-repository model_repository
 
 Benchmark only: `python -m training.segmenter bench --model-repository model_repository`.
-Serve with a real Triton: `python -m service.triton_local --model-repository model_repository --http-port 0 --grpc-port 0`.
+Serve with a real Triton:
+
+    python -m service.triton_local --model-repository model_repository --http-port 0 --grpc-port 0
 
 ## I/O contract
 
 - input `image` float32 [B,1,H,W] (B ≤ 8, dynamic), preprocessed as in `preprocessing.json`
-- output `probabilities` float32 [B,K,H/2,W/2] (softmax over background + K-1 organs, on the stem's half-resolution grid; callers crop the letterbox and resize to the original image, see `preprocessing.json`)
+- output `probabilities` float32 [B,K,H/2,W/2] (softmax over background + K-1 organs, on the stem's
+  half-resolution grid; callers crop the letterbox and resize to the original image, see `preprocessing.json`)
 - output `labels` uint8 [B,H/2,W/2] (argmax of `probabilities`; class i+1 = line i+2 of `labels.txt`)
 
 ## Models

@@ -20,7 +20,8 @@ class SegmenterConfig:
     data_seed: int = 0  # phantom generator seed, recorded so the data can be regenerated bit for bit
     test_percent: int = 20  # share of images held out for evaluation, chosen by a hash of the file name
     input_size: int = 256  # network input side; CT phantoms are 256x256 so CT needs no resampling
-    widths: tuple[int, ...] = (16, 32, 64, 64)  # channels per level; multiples of 16 suit int8 kernels; 8 at the stem never learnt the kidneys
+    # channels per level; multiples of 16 suit int8 kernels; 8 at the stem never learnt the kidneys
+    widths: tuple[int, ...] = (16, 32, 64, 64)
     stem_stride: int = 2  # first conv halves the resolution: 4x less compute, logits are upsampled back
     epochs: int = 10  # 400 steps: CT mean Dice 0.927 after ~8 min on one contended core (≈ 5 min on two)
     batch_size: int = 8  # fits the 2-core CPU cache well; larger batches did not train faster per image

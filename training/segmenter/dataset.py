@@ -47,7 +47,8 @@ def is_test_image(name: str, test_percent: int) -> bool:
     return int(digest[:8], 16) % 100 < test_percent
 
 
-def split_cases(cases: list[SegmentationCase], test_percent: int) -> tuple[list[SegmentationCase], list[SegmentationCase]]:
+def split_cases(cases: list[SegmentationCase],
+                test_percent: int) -> tuple[list[SegmentationCase], list[SegmentationCase]]:
     """(train, test) by :func:`is_test_image`."""
     train = [c for c in cases if not is_test_image(c.name, test_percent)]
     test = [c for c in cases if is_test_image(c.name, test_percent)]

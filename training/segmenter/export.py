@@ -65,8 +65,9 @@ def load_onnx(path: Path, load_weights: bool = True) -> onnx.ModelProto:
 
 
 def export_onnx(model: OrganUNet, config: SegmenterConfig, spec: PreprocessSpec, path: Path) -> Path:
-    """Export ``image`` [B,1,H,W] → ``probabilities`` [B,K,H/s,W/s] float32, ``labels`` [B,H/s,W/s] uint8 (s = stem stride).
+    """Export to ONNX: ``image`` [B,1,H,W] → ``probabilities`` [B,K,H/s,W/s] float32 and ``labels`` [B,H/s,W/s].
 
+    s is the stem's stride; ``labels`` is uint8.
     The batch dimension is dynamic (Triton's dynamic batcher stacks requests); H and W are fixed by the
     preprocessing spec, which makes shapes static for ONNX Runtime's optimisers.
     """

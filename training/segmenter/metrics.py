@@ -67,6 +67,7 @@ def summarise(per_image_dice: list[list[float]], per_image_hd: list[list[float]]
     return {
         "images": int(d.shape[0]),
         "mean_dice": float(np.nanmean(organ_dice)),
-        "mean_hd95_mm": float(np.mean([v for v in hd_mean if np.isfinite(v)])) if any(np.isfinite(hd_mean)) else float("inf"),
+        "mean_hd95_mm": (float(np.mean([v for v in hd_mean if np.isfinite(v)])) if any(np.isfinite(hd_mean))
+                         else float("inf")),
         "per_organ": per_organ,
     }

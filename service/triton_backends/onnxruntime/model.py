@@ -45,7 +45,8 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {exc}")) for _ in requests]
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value[start:start + size].astype(self.output_dtypes[name])))
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value[start:start + size]
+                                                                  .astype(self.output_dtypes[name])))
                        for name, value in zip(self.output_names, outputs)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size

@@ -196,4 +196,5 @@ def make_certificates(folder: Path) -> Certificates:
         ca=_write(folder, "ca.pem", ca),
         server_cert=_write(folder, "server.pem", server), server_key=_write(folder, "server.key", key=server_key),
         client_cert=_write(folder, "client.pem", client), client_key=_write(folder, "client.key", key=client_key),
-        other_client_cert=_write(folder, "other.pem", other), other_client_key=_write(folder, "other.key", key=other_key))
+        other_client_cert=_write(folder, "other.pem", other),
+        other_client_key=_write(folder, "other.key", key=other_key))

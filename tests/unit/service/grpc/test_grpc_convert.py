@@ -43,7 +43,8 @@ def test_output_formats_and_a_dicomweb_reference_reach_the_core():
     assert request.image.media_type == "application/dicom" and request.image.data == b""
     assert request.image.dicomweb == DicomWebReference("http://127.0.0.1:8042/dicom-web", "1.2", "1.2.3",
                                                        "1.2.3.4", store_results=True)
-    segment = convert.segment_request_from_pb(pb.SegmentRequest(image=pb.Image(data=b"x"), output_formats=["dicom-seg"]))
+    segment = convert.segment_request_from_pb(pb.SegmentRequest(image=pb.Image(data=b"x"),
+                                                                output_formats=["dicom-seg"]))
     assert segment.output_formats == ("dicom-seg",) and segment.image.dicomweb is None
 
 
