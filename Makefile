@@ -12,8 +12,9 @@ MEDCLM_DATA ?= data/medclm
 MEDCLM_RUN ?= runs/medclm-default
 # Images per modality: 4,000 phantoms in all; more images beat more passes over fewer (docs/medclm.md).
 MEDCLM_COUNT ?= 2000
-# The long CPU preset (docs/medclm.md, run #21): 20,000 phantoms, ~1 h 40 min of training, 13.7 GiB; not exported,
-# so the served default stays the tiny preset's. Its test split holds the default data's test images.
+# The long CPU preset (docs/medclm.md, run #21): 20,000 phantoms, 1 h 36 min of training on run #21's machine (about
+# twice that where the CPU runs at half its speed, runs #22-#24), 13.7 GiB; not exported, so the served default stays
+# the tiny preset's. Its test split holds the default data's test images.
 MEDCLM_LONG_DATA ?= data/medclm-10k
 MEDCLM_LONG_COUNT ?= 10000
 MEDCLM_LONG_RUN ?= runs/medclm-long
