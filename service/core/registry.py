@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.anatomy import MODALITIES
+from training.medclm.config import box_grid
 from training.medclm.export import model_name as vqa_model_name
 from training.segmenter.repository import model_name as segmenter_model_name
 
@@ -50,9 +51,7 @@ def vqa_model(repository: Path, base: str, precision: str) -> RepositoryModel:
     meta = json.loads(meta_path.read_text())
     sha = (meta.get("export") or {}).get("weights_sha256") or ""
     modalities = tuple(meta.get("modalities") or MODALITIES)
-    config = meta.get("config") or {}
-    box_grid = int(config["image_size"]) if config.get("box_tokens") == "pixels" else None
-    return RepositoryModel(name, "vqa", precision, modalities, sha[:16], box_grid)
+    return RepositoryModel(name, "vqa", precision, modalities, sha[:16], box_grid(meta.get("config") or {}))
 
 
 def segmenter_model(repository: Path, modality: str, precision: str) -> RepositoryModel:

@@ -241,6 +241,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def box_grid(stored: dict[str, Any]) -> int | None:
+    """Lines per side of the grid a model's boxes were snapped to in training, from its stored config.
+
+    ``stored`` is the ``config`` of a checkpoint's ``medclm.json``: the input width when it was trained with
+    ``box_tokens: pixels``, else None (digits, as every checkpoint written before ``box_tokens`` existed).
+    """
+    return int(stored["image_size"]) if stored.get("box_tokens") == "pixels" else None
+
+
 def _check_keys(data: dict[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(MedCLMConfig)}
     unknown = sorted(set(data) - known)

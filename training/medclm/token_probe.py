@@ -20,6 +20,7 @@ import torch
 
 from training.data.boxes import BOX_PATTERN
 from training.medclm.checkpoint import META_FILE, read_meta
+from training.medclm.config import box_grid
 from training.medclm.data import (ANSWER_MARK, ImageCache, collate, load_records, record_image_path, snap_record_boxes,
                                   tokenize_turns)
 from training.medclm.errors import MedCLMError
@@ -75,8 +76,9 @@ def token_probe(checkpoint: Path, data_dir: Path, split: str = "test", limit: in
     image_tokens = patch_grid(model) ** 2
     records = [r for r in select_eval_records(load_records(data_dir / f"{split}.jsonl"), limit) if r.stage == "medium"]
     config = read_meta(checkpoint)["config"] if (checkpoint / META_FILE).is_file() else {}
-    if config.get("box_tokens") == "pixels":  # teacher-force the boxes in the form the model was trained on
-        records = [snap_record_boxes(r, config["image_size"]) for r in records]
+    grid = box_grid(config)
+    if grid:  # teacher-force the boxes in the form the model was trained on
+        records = [snap_record_boxes(r, grid) for r in records]
     if not records:
         raise MedCLMError(f"{data_dir / f'{split}.jsonl'} has no Medium records")
     images = ImageCache(data_dir, processor.image_processor)
