@@ -64,10 +64,10 @@ def summarise(per_image_dice: list[list[float]], per_image_hd: list[list[float]]
     per_organ = {name: {"dice": organ_dice[i], "hd95_mm": hd_mean[i], "images": int(present[:, i].sum()),
                         "hd95_missing": int((np.isinf(h[:, i])).sum())}
                  for i, name in enumerate(organ_names)}
+    measured_hd = [v for v in hd_mean if np.isfinite(v)]
     return {
         "images": int(d.shape[0]),
         "mean_dice": float(np.nanmean(organ_dice)),
-        "mean_hd95_mm": (float(np.mean([v for v in hd_mean if np.isfinite(v)])) if any(np.isfinite(hd_mean))
-                         else float("inf")),
+        "mean_hd95_mm": float(np.mean(measured_hd)) if measured_hd else float("inf"),
         "per_organ": per_organ,
     }
